@@ -1,0 +1,171 @@
+"""Fourier feature embedding: public wrapper, autograd and fake (meta) registration."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from inrflow import _extension
+from inrflow.ops import _checks, reference
+from inrflow.ops._backend import use_extension
+from inrflow.profiling import nvtx_range
+
+__all__ = ["fourier_embed", "fourier_frequencies"]
+
+_OP = "inrflow.ops.fourier_embed"
+
+
+def fourier_frequencies(
+    num: int,
+    max_log2: float,
+    scale: float = math.pi,
+    log_sampling: bool = True,
+    *,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Frequencies for :func:`fourier_embed`, float32 ``[num]``.
+
+    Log sampling: ``scale * 2**linspace(0, max_log2, num)``; linear:
+    ``scale * linspace(1, 2**max_log2, num)``. ``device=None`` follows the default device (so it
+    works under ``with torch.device("meta"):``).
+    """
+    op = "inrflow.ops.fourier_frequencies"
+    _checks.integer(op, "num", num, minimum=1)
+    for name, value in (("max_log2", max_log2), ("scale", scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TypeError(f"{op}: {name} must be a real number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{op}: {name} must be finite, got {value}")
+    return reference.fourier_frequencies(num, max_log2, scale, bool(log_sampling), device=device)
+
+
+def _check(x: object, freqs: object, include_input: object) -> tuple[torch.Tensor, torch.Tensor]:
+    x = _checks.tensor(_OP, "x", x)
+    freqs = _checks.tensor(_OP, "freqs", freqs)
+    _checks.dtype_in(_OP, "x", x, _checks.FLOAT_DTYPES)
+    _checks.dtype_in(_OP, "freqs", freqs, (torch.float32,))
+    if not isinstance(include_input, bool):
+        raise TypeError(f"{_OP}: include_input must be a bool, got {type(include_input).__name__}")
+    if x.dim() == 0:
+        raise ValueError(f"{_OP}: x must be [..., C] (at least 1-D); got a 0-d tensor")
+    _checks.rank_in(_OP, "freqs", freqs, (1,), "1-D [F]")
+    if freqs.shape[0] == 0:
+        raise ValueError(f"{_OP}: freqs must hold at least one frequency; got shape (0,)")
+    _checks.same_device(_OP, "x", x, freqs=freqs)
+    if freqs.requires_grad:
+        raise ValueError(
+            f"{_OP}: freqs requires grad, but fourier_embed treats frequencies as constants "
+            "and gives them no gradient; pass freqs.detach() or a buffer"
+        )
+    return x, freqs
+
+
+@nvtx_range("inrflow.ops.fourier_embed")
+def fourier_embed(
+    x: torch.Tensor, freqs: torch.Tensor, include_input: bool = False
+) -> torch.Tensor:
+    """Fourier features ``[x (if include_input) | sin(x_c f_k) | cos(x_c f_k)]`` of ``x[..., C]``.
+
+    ``freqs`` is float32 ``[F]`` on x's device (it is not copied for you: a per-call host->device
+    copy would be a hidden sync). Output ``[..., C*2F (+C)]`` in x's dtype, channel-major inside
+    each block (index ``c*F + k``); math in fp32. Differentiable in ``x``; ``freqs`` gets no
+    gradient.
+    """
+    x, freqs = _check(x, freqs, include_input)
+    if use_extension("fourier_embed", x.device):
+        return torch.ops.inrflow.fourier_embed.default(x, freqs, include_input)
+    return reference.fourier_embed(x, freqs, include_input)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registrations for the compiled op (only when inrflow._C defines it).
+#
+# * autograd: the backward is itself a registered op, so it runs on the same device kernels.
+#   It takes the forward *output* (d sin = f cos, d cos = -f sin are in it) rather than x; for a
+#   build whose backward schema still takes ``x`` the saved tensor follows the schema.
+# * fake: shape/dtype propagation without data, so torch.compile / FakeTensor can trace the op.
+
+
+def _backward_takes_output() -> bool:
+    schema = torch.ops.inrflow.fourier_embed_backward.default._schema
+    return schema.arguments[1].name != "x"
+
+
+def _setup_context(ctx, inputs, output) -> None:  # torch.library callback
+    x, freqs, include_input = inputs
+    ctx.include_input = include_input
+    if ctx.needs_input_grad[0]:
+        ctx.save_for_backward(output if ctx.takes_output else x, freqs)
+
+
+def _backward(ctx, grad_out: torch.Tensor):  # torch.library callback
+    if not ctx.needs_input_grad[0]:
+        return None, None, None
+    saved, freqs = ctx.saved_tensors
+    grad_x = torch.ops.inrflow.fourier_embed_backward.default(
+        grad_out, saved, freqs, ctx.include_input
+    )
+    return grad_x, None, None
+
+
+def _embed_width(channels, num_freqs, include_input):  # ints or SymInts
+    return channels * 2 * num_freqs + (channels if include_input else 0)
+
+
+def _fake_forward(
+    x: torch.Tensor, freqs: torch.Tensor, include_input: bool = False
+) -> torch.Tensor:
+    torch._check(x.dim() >= 1, lambda: "fourier_embed: x must be at least 1-D")
+    torch._check(freqs.dim() == 1, lambda: "fourier_embed: freqs must be 1-D")
+    torch._check(freqs.shape[0] >= 1, lambda: "fourier_embed: freqs must be non-empty")
+    width = _embed_width(x.shape[-1], freqs.shape[0], include_input)
+    return x.new_empty((*x.shape[:-1], width))
+
+
+def _fake_backward_from_output(
+    grad_out: torch.Tensor, out: torch.Tensor, freqs: torch.Tensor, include_input: bool
+) -> torch.Tensor:
+    torch._check(freqs.dim() == 1 and freqs.shape[0] >= 1, lambda: "freqs must be 1-D, non-empty")
+    torch._check(grad_out.shape == out.shape, lambda: "grad_out must have the output's shape")
+    per_channel = 2 * freqs.shape[0] + (1 if include_input else 0)
+    torch._check(
+        out.shape[-1] % per_channel == 0, lambda: "output width is not C*(2F + include_input)"
+    )
+    return out.new_empty((*out.shape[:-1], out.shape[-1] // per_channel))
+
+
+def _fake_backward_from_input(
+    grad_out: torch.Tensor, x: torch.Tensor, freqs: torch.Tensor, include_input: bool
+) -> torch.Tensor:
+    torch._check(freqs.dim() == 1 and freqs.shape[0] >= 1, lambda: "freqs must be 1-D, non-empty")
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _register() -> None:
+    """Attach autograd and fake kernels to the compiled ops; idempotent."""
+    if "fourier_embed" in _REGISTERED or not _extension.extension_available():
+        return
+    if not (_extension.has_op("fourier_embed") and _extension.has_op("fourier_embed_backward")):
+        return
+    _REGISTERED.add("fourier_embed")
+    takes_output = _backward_takes_output()
+
+    def setup_context(ctx, inputs, output) -> None:  # torch.library callback
+        ctx.takes_output = takes_output
+        _setup_context(ctx, inputs, output)
+
+    has_meta = torch._C._dispatch_has_kernel_for_dispatch_key
+    if not has_meta("inrflow::fourier_embed", "Meta"):
+        torch.library.register_fake("inrflow::fourier_embed")(_fake_forward)
+    if not has_meta("inrflow::fourier_embed_backward", "Meta"):
+        fake = _fake_backward_from_output if takes_output else _fake_backward_from_input
+        torch.library.register_fake("inrflow::fourier_embed_backward")(fake)
+    torch.library.register_autograd(
+        "inrflow::fourier_embed", _backward, setup_context=setup_context
+    )
+    _extension.clear_kernel_cache()
+
+
+_REGISTERED: set[str] = _extension.registered_ops
+_register()
