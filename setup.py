@@ -131,18 +131,20 @@ def build_extensions() -> tuple[list, dict]:
                 # Without a GPU torch's arch detection gets an empty list and crashes.
                 os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCH_LIST
                 log(f"no GPU visible: TORCH_CUDA_ARCH_LIST={DEFAULT_ARCH_LIST}")
-        log(f"building CUDA kernels with toolkit {cuda_home}, "
-            f"archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'native')}")
+        log(
+            f"building CUDA kernels with toolkit {cuda_home}, "
+            f"archs {os.environ.get('TORCH_CUDA_ARCH_LIST', 'native')}"
+        )
 
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     py_limited_api = True  # torch >= 2.6: one abi3 wheel per torch version
-    sources = [str(CSRC / "ops.cpp")] + sorted(glob.glob(str(CSRC / "cpu" / "*.cpp")))
+    sources = [str(CSRC / "ops.cpp"), *sorted(glob.glob(str(CSRC / "cpu" / "*.cpp")))]
     include_dirs = [str(CSRC / "include")]
     debug = os.environ.get("INRFLOW_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]
     cxx_flags = list(opt)  # torch adds -DPy_LIMITED_API itself for py_limited_api builds
-    nvcc_flags = opt + ["-lineinfo", "--expt-relaxed-constexpr"]
+    nvcc_flags = [*opt, "-lineinfo", "--expt-relaxed-constexpr"]
     define_macros = []
     if use_cuda:
         sources += [str(CSRC / "cuda_ops.cpp")]

@@ -425,3 +425,24 @@ def build_emulated(
         _run(link, f"linking {name}")
         os.replace(tmp_lib, lib_path)  # atomic publish
     return EmulatedLibrary(lib_path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Build an emulated library from the command line (CMake's ``inrflow_simt`` target uses it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sources", nargs="+", help="CUDA source files (.cu)")
+    parser.add_argument("--name", default="kernels", help="library name in the cache")
+    args = parser.parse_args(argv)
+    try:
+        lib = build_emulated(args.sources, args.name)
+    except EmulatorBuildError as err:
+        print(err)
+        return 1
+    print(lib.path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
