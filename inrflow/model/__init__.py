@@ -1,0 +1,31 @@
+"""INRFlow model: presets, ``build_model`` and ``count_parameters`` (DESIGN §5, §9)."""
+
+from __future__ import annotations
+
+from .config import PAPER_PARAMS_M, INRFlowConfig, get_config, preset_names
+from .network import Encoded, INRFlow, count_parameters
+from .pseudo_coords import LatentGrouping, grid_coords, hash_assign, kmeans_pp
+
+__all__ = [
+    "PAPER_PARAMS_M",
+    "Encoded",
+    "INRFlow",
+    "INRFlowConfig",
+    "LatentGrouping",
+    "build_model",
+    "count_parameters",
+    "get_config",
+    "grid_coords",
+    "hash_assign",
+    "kmeans_pp",
+    "preset_names",
+]
+
+
+def build_model(size: str, domain: str = "image", **overrides) -> INRFlow:
+    """The ``size`` preset (tiny|S|B|L|XL) of ``domain`` (image|pointcloud|protein).
+
+    ``overrides`` are :class:`INRFlowConfig` fields (e.g. ``num_classes=1000``). Works under
+    ``with torch.device("meta"):`` (then call ``to_empty(device=...)`` and ``init_weights()``).
+    """
+    return INRFlow(get_config(size, domain, **overrides))
