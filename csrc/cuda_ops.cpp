@@ -1,0 +1,81 @@
+// CUDA registrations of the inrflow::* ops: torch wrappers that validate inputs (the same checks
+// as the CPU path), allocate outputs and call the torch-free launchers of csrc/kernels/*.cu on the
+// current stream. Compiled by the host compiler (only in WITH_CUDA builds), so nvcc never sees
+// torch headers.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "cpu/fourier_ops.h"
+#include "inrflow/common.h"
+#include "inrflow/fourier.h"
+
+namespace inrflow {
+namespace {
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return DType::Float32;
+    case at::kHalf:
+      return DType::Float16;
+    case at::kBFloat16:
+      return DType::BFloat16;
+    case at::kDouble:
+      return DType::Float64;
+    default:
+      TORCH_CHECK(false, "inrflow: unsupported dtype ", t);  // the op checks reject it first
+  }
+}
+
+void check_launch(const char* op, int32_t code) {
+  TORCH_CHECK(code == 0, op, ": CUDA kernel launch failed: ",
+              cudaGetErrorString(static_cast<cudaError_t>(code)));
+}
+
+at::Tensor fourier_embed_cuda(const at::Tensor& x, const at::Tensor& freqs, bool include_input) {
+  const FourierDims d = check_fourier_forward(x, freqs, include_input);
+  TORCH_CHECK(x.is_cuda(), "inrflow::fourier_embed: the CUDA kernel got a tensor on ", x.device());
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::Tensor xc = x.contiguous();
+  const at::Tensor fc = freqs.contiguous();
+  at::Tensor out = empty_fourier_output(x, d);
+  if (out.numel() == 0) return out;
+  const int32_t code = inrflow_fourier_embed_forward(
+      static_cast<int32_t>(to_dtype(x.scalar_type())), xc.const_data_ptr(),
+      fc.const_data_ptr<float>(), out.mutable_data_ptr(), d.rows, d.channels, d.num_freqs,
+      include_input ? 1 : 0, c10::cuda::getCurrentCUDAStream().stream());
+  check_launch("inrflow::fourier_embed", code);
+  return out;
+}
+
+at::Tensor fourier_embed_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
+                                       const at::Tensor& freqs, bool include_input) {
+  const FourierDims d = check_fourier_backward(grad_out, out, freqs, include_input);
+  TORCH_CHECK(out.is_cuda(), "inrflow::fourier_embed_backward: the CUDA kernel got a tensor on ",
+              out.device());
+  const c10::cuda::CUDAGuard guard(out.device());
+  const at::Tensor gc = grad_out.contiguous();
+  const at::Tensor oc = out.contiguous();
+  const at::Tensor fc = freqs.contiguous();
+  at::Tensor grad_x = empty_fourier_grad(out, d);
+  if (grad_x.numel() == 0) return grad_x;
+  const int32_t code = inrflow_fourier_embed_backward(
+      static_cast<int32_t>(to_dtype(out.scalar_type())), gc.const_data_ptr(), oc.const_data_ptr(),
+      fc.const_data_ptr<float>(), grad_x.mutable_data_ptr(), d.rows, d.channels, d.num_freqs,
+      include_input ? 1 : 0, c10::cuda::getCurrentCUDAStream().stream());
+  check_launch("inrflow::fourier_embed_backward", code);
+  return grad_x;
+}
+
+}  // namespace
+}  // namespace inrflow
+
+TORCH_LIBRARY_IMPL(inrflow, CUDA, m) {
+  m.impl("fourier_embed", &inrflow::fourier_embed_cuda);
+  m.impl("fourier_embed_backward", &inrflow::fourier_embed_backward_cuda);
+}
