@@ -29,11 +29,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import requires_cuda, requires_extension
-from emulation import SCHEDULES, build_emulated, requires_emulator
+from emulation import BUILD_DIR, SCHEDULES, build_emulated, requires_emulator
 
 import inrflow.ops
 from inrflow.ops import reference
+
+# Defined here rather than imported from conftest: with tests/ and benchmarks/ in one pytest run,
+# the module name `conftest` refers to whichever conftest.py was loaded last.
+requires_extension = pytest.mark.skipif(
+    not inrflow.ops.extension_available("cpu", op="fourier_embed"),
+    reason="inrflow._C with the fourier_embed CPU kernel is not built "
+    "(pip install --no-build-isolation -e .)",
+)
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 REPO = Path(__file__).resolve().parents[1]
 FOURIER_CU = "csrc/kernels/fourier.cu"
@@ -596,9 +604,14 @@ extern "C" void probe_sincos(const float* x, const float* f, float* s, float* c,
 
 
 @pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory):
-    src = tmp_path_factory.mktemp("fourier_probe") / "fourier_probe.cu"
-    src.write_text(_PROBE_SOURCE)
+def probe():
+    # A fixed path under build/ keeps the emulator's build cache valid across sessions.
+    src = BUILD_DIR / "fourier_probe" / "fourier_probe.cu"
+    if not src.is_file() or src.read_text() != _PROBE_SOURCE:
+        src.parent.mkdir(parents=True, exist_ok=True)
+        tmp = src.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(_PROBE_SOURCE)
+        os.replace(tmp, src)
     lib = build_emulated([src], "fourier_probe")
     div = lib.function("probe_div", ctypes.c_uint32, ctypes.c_uint32, ctypes.c_uint32)
     sincos = lib.function("probe_sincos", None, _PTR, _PTR, _PTR, _PTR, _I64, _I32)

@@ -9,6 +9,7 @@
 // only multiplies and adds: grad_x[c] = sum_k f_k (g_sin[c,k] cos[c,k] - g_cos[c,k] sin[c,k]).
 #include "fourier_ops.h"
 
+#include <ATen/Config.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -30,6 +31,12 @@
 #endif
 
 #include "inrflow/fourier.h"
+
+// With ATen's OpenMP backend, at::parallel_for is a header template that only runs in parallel
+// in translation units compiled with OpenMP; without it every kernel here uses one thread.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#warning "inrflow: compile with -fopenmp (ATen's parallel backend is OpenMP), or at::parallel_for runs serially"
+#endif
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #define INRFLOW_X86_DISPATCH 1

@@ -57,8 +57,8 @@ INRFLOW_HD float two_prod_fma(float a, float b, float& lo) {
   return hi;
 }
 
-// hi + lo == a * b exactly without FMA (Dekker's split into 12-bit halves). Valid while the
-// operands are far from overflow, which the fast-path range check guarantees.
+// hi + lo == a * b exactly without FMA (Dekker's split into 12-bit halves). Valid while 4097 * a
+// and 4097 * b cannot overflow; the CPU kernel sends operands above 1e30 to the slow path.
 INRFLOW_HD float two_prod_split(float a, float b, float& lo) {
   constexpr float kSplit = 4097.0f;  // 2^12 + 1
   const float hi = a * b;
