@@ -58,6 +58,16 @@ def _take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
+def _check_index(idx: torch.Tensor | None, b: int, name: str) -> torch.Tensor | None:
+    if idx is None:
+        return None
+    if idx.dim() != 2 or idx.shape[0] != b or idx.dtype != torch.long:
+        raise ValueError(
+            f"{name} must be an int64 [B={b}, M] tensor, got {idx.dtype} {tuple(idx.shape)}"
+        )
+    return idx
+
+
 def cicfm_loss(
     model: nn.Module,
     coords: torch.Tensor | None,
@@ -71,6 +81,8 @@ def cicfm_loss(
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    query_index: torch.Tensor | None = None,
+    context_index: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Point-wise conditionally independent flow-matching loss (paper Eq. 4), a scalar.
 
@@ -86,6 +98,10 @@ def cicfm_loss(
         values: ``[B, N, c]`` clean data ``x1``.
         labels: ``[B]`` class labels (dropped to the null class inside the model, 10%).
         t, noise: fix the time ``[B]`` and the noise ``[B, N, c]`` (tests); drawn otherwise.
+        query_index, context_index: ``[B, Q]`` / ``[B, M]`` indices into the N pairs that fix
+            the query and context subsets (the trainer draws them per sample, so a sample's
+            randomness does not depend on how the global batch is split over ranks); they
+            override ``num_queries`` / ``num_context``.
     """
     if values.dim() != 3:
         raise ValueError(f"values must be [B, N, c], got {tuple(values.shape)}")
@@ -105,15 +121,19 @@ def cicfm_loss(
     target = target_velocity(noise, values)
 
     ctx_coords, ctx_values = coords, xt
-    if num_context is not None and num_context < n:
+    idx = _check_index(context_index, b, "context_index")
+    if idx is None and num_context is not None and num_context < n:
         idx = _random_subset(b, n, num_context, dev, generator)
+    if idx is not None:
         ctx_values = _take(xt, idx)
         ctx_coords = _take(coords, idx) if coords is not None else None
     q_coords, q_values = coords, xt
-    if num_queries is not None and num_queries < n:
+    idx = _check_index(query_index, b, "query_index")
+    if idx is None and num_queries is not None and num_queries < n:
         if num_queries < 1:
             raise ValueError(f"num_queries must be >= 1, got {num_queries}")
         idx = _random_subset(b, n, num_queries, dev, generator)
+    if idx is not None:
         q_values, target = _take(xt, idx), _take(target, idx)
         q_coords = _take(coords, idx) if coords is not None else None
     pred = model(ctx_coords, ctx_values, t, q_coords, q_values, labels=labels, cond=cond)

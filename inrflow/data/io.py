@@ -1,0 +1,68 @@
+"""Writing generated samples: PNG grids of images, PLY files of point clouds."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["image_grid", "save_image_grid", "save_ply", "values_to_images"]
+
+
+def values_to_images(values: torch.Tensor, shape: Sequence[int]) -> np.ndarray:
+    """``[S, H*W, c]`` values in [-1, 1] (row-major pixels) -> uint8 ``[S, H, W, c]``."""
+    h, w = shape
+    x = values.detach().float().cpu().reshape(values.shape[0], h, w, -1)
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1) -> np.ndarray:
+    """Tile uint8 images ``[S, H, W, c]`` into one ``[rows*(H+pad)+pad, ...]`` image."""
+    s, h, w, c = images.shape
+    nrow = nrow or math.ceil(math.sqrt(s))
+    rows = math.ceil(s / nrow)
+    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
+    for i, img in enumerate(images):
+        r, col = divmod(i, nrow)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) :][:, :w] = img
+    return grid
+
+
+def save_image_grid(
+    values: torch.Tensor,
+    shape: Sequence[int],
+    path: str | os.PathLike,
+    nrow: int | None = None,
+    scale: int = 1,
+) -> Path:
+    """Write samples ``[S, H*W, c]`` as one PNG grid (``scale``x nearest upsampling)."""
+    grid = image_grid(values_to_images(values, shape), nrow)
+    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path
+
+
+def save_ply(points: torch.Tensor | np.ndarray, path: str | os.PathLike) -> Path:
+    """Write one point cloud ``[N, 3]`` as a binary little-endian PLY file."""
+    pts = np.asarray(points.detach().float().cpu() if torch.is_tensor(points) else points)
+    pts = np.ascontiguousarray(pts[:, :3], dtype="<f4")
+    header = (
+        "ply\nformat binary_little_endian 1.0\n"
+        f"element vertex {len(pts)}\nproperty float x\nproperty float y\nproperty float z\n"
+        "end_header\n"
+    )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(header.encode("ascii"))
+        f.write(pts.tobytes())
+    return path

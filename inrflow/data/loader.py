@@ -1,0 +1,194 @@
+"""Distributed, resumable, deterministic batches for flow matching.
+
+The training stream is a sequence of positions 0, 1, 2, ...; position ``p`` holds dataset item
+``perm_e[p mod S]`` of epoch ``e = p // S`` (a fresh permutation per epoch) and the seed
+``mix(seed, p)``. Step ``s`` takes positions ``[s G, (s + 1) G)`` (``G`` = global batch) and rank
+``r`` the slice ``[r G/W, (r + 1) G/W)`` of it. Every random choice of a sample, its augmentation
+in the dataset and its flow-matching draws (time, noise, query and context subsets, label
+dropout) in :class:`FlowCollate`, comes from its position's seed. So
+
+- a run resumed at step ``s`` sees exactly the batches of the uninterrupted run, and
+- W ranks see, together, exactly the batch one process sees, sample by sample,
+
+whatever the number of worker processes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from inrflow.flow import sample_time
+
+from .base import CoordinateDataset
+
+__all__ = ["FlowCollate", "StreamSampler", "build_loader", "mix_seed"]
+
+_MASK64 = (1 << 64) - 1
+
+
+def mix_seed(seed: int, position: int, salt: int = 0) -> int:
+    """A well-spread 63-bit seed for ``position`` of the stream (SplitMix64 finaliser)."""
+    z = (seed * 0x9E3779B97F4A7C15 + position * 0xBF58476D1CE4E5B9 + salt) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+class StreamSampler(Sampler):
+    """Yields ``(index, seed)`` for this rank's share of every global batch, forever.
+
+    Args:
+        size: dataset length.
+        global_batch: samples per step over all ranks (divisible by ``world``).
+        rank, world: this process's place among the data-parallel ranks.
+        seed: base seed (epoch permutations and per-sample seeds).
+        start_step: first step to produce (``--resume`` passes the restored step).
+        shuffle: permute each epoch (else in order).
+    """
+
+    def __init__(
+        self,
+        size: int,
+        global_batch: int,
+        rank: int = 0,
+        world: int = 1,
+        seed: int = 0,
+        start_step: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        if size < 1:
+            raise ValueError("the dataset is empty")
+        if global_batch % world:
+            raise ValueError(f"global batch {global_batch} is not divisible by {world} ranks")
+        self.size, self.global_batch, self.rank, self.world = size, global_batch, rank, world
+        self.local_batch = global_batch // world
+        self.seed, self.start_step, self.shuffle = seed, start_step, shuffle
+        self._perm_epoch, self._perm = -1, None
+
+    def _index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.size)
+        if not self.shuffle:
+            return offset
+        if epoch != self._perm_epoch:
+            g = np.random.default_rng(mix_seed(self.seed, epoch, salt=0x5EED))
+            self._perm, self._perm_epoch = g.permutation(self.size), epoch
+        return int(self._perm[offset])
+
+    def positions(self, step: int) -> range:
+        """Stream positions of this rank's samples at ``step``."""
+        start = step * self.global_batch + self.rank * self.local_batch
+        return range(start, start + self.local_batch)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        step = self.start_step
+        while True:
+            for p in self.positions(step):
+                yield self._index(p), mix_seed(self.seed, p)
+            step += 1
+
+    def __len__(self) -> int:  # infinite; DataLoader only needs this for len(loader)
+        return 1 << 62
+
+
+class FlowCollate:
+    """Stacks items and adds the per-sample flow-matching draws from each item's seed.
+
+    Output keys: ``values`` [B, N, c], ``coords`` [B, N, d] (images only), ``labels`` [B]
+    (classes, ``num_classes`` where dropped for CFG; absent when unconditional), ``t`` [B],
+    ``noise`` [B, N, c], ``query_index`` [B, Q] / ``context_index`` [B, M] (absent when all
+    pairs are used), ``skipped`` (unreadable files passed over, a scalar).
+    """
+
+    def __init__(
+        self,
+        num_queries: int | None,
+        num_context: int | None = None,
+        num_classes: int = 0,
+        label_dropout: float = 0.1,
+        time_dist: str = "logit_normal",
+    ) -> None:
+        self.num_queries, self.num_context = num_queries, num_context
+        self.num_classes, self.label_dropout, self.time_dist = (
+            num_classes,
+            label_dropout,
+            time_dist,
+        )
+
+    def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        values = torch.stack([it["values"] for it in items])
+        b, n, c = values.shape
+        out: dict[str, torch.Tensor] = {"values": values}
+        if "coords" in items[0]:
+            out["coords"] = torch.stack([it["coords"] for it in items])
+        q = self.num_queries if self.num_queries is not None and self.num_queries < n else None
+        m = self.num_context if self.num_context is not None and self.num_context < n else None
+        t, noise, drop = torch.empty(b), torch.empty(b, n, c), torch.zeros(b, dtype=torch.bool)
+        q_idx = torch.empty(b, q, dtype=torch.long) if q else None
+        c_idx = torch.empty(b, m, dtype=torch.long) if m else None
+        for i, it in enumerate(items):
+            g = torch.Generator().manual_seed(mix_seed(int(it["seed"]), 0, salt=0xF10E))
+            t[i] = sample_time(1, dist=self.time_dist, generator=g)[0]
+            noise[i] = torch.randn(n, c, generator=g)
+            if q_idx is not None:
+                q_idx[i] = torch.rand(n, generator=g).topk(q, sorted=False).indices
+            if c_idx is not None:
+                c_idx[i] = torch.rand(n, generator=g).topk(m, sorted=False).indices
+            drop[i] = bool(torch.rand(1, generator=g)[0] < self.label_dropout)
+        out.update(t=t, noise=noise)
+        if q_idx is not None:
+            out["query_index"] = q_idx
+        if c_idx is not None:
+            out["context_index"] = c_idx
+        if self.num_classes > 0:
+            labels = torch.stack([torch.as_tensor(it["label"]).long() for it in items])
+            out["labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        out["skipped"] = torch.tensor(sum(int(it["skipped"]) for it in items))
+        return out
+
+
+class _SeededItems(torch.utils.data.Dataset):
+    """Keeps the seed next to the item so the collate can draw from it."""
+
+    def __init__(self, dataset: CoordinateDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        item = self.dataset[key]
+        item["seed"] = key[1]
+        return item
+
+
+def _worker_init(worker_id: int) -> None:
+    # items draw from their own seeds; this only keeps stray global RNG use distinct per worker
+    info = torch.utils.data.get_worker_info()
+    np.random.seed(info.seed % 2**32)
+
+
+def build_loader(
+    dataset: CoordinateDataset,
+    sampler: StreamSampler,
+    collate: FlowCollate,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """An infinite DataLoader over ``dataset`` in the order of ``sampler``."""
+    return DataLoader(
+        _SeededItems(dataset),
+        batch_size=sampler.local_batch,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+    )

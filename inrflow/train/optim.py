@@ -1,0 +1,84 @@
+"""AdamW and the exponential moving average of the weights.
+
+The EMA lives outside the optimizer and outside autograd (DiT's ``update_ema``), and with FSDP2 it
+is kept as sharded DTensors shaped like the parameters: each rank averages only its own shard, so
+an update costs one fused ``lerp`` over local memory and no communication.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.tensor import DTensor
+
+__all__ = ["EMA", "build_optimizer", "clean_name", "lr_at"]
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, betas: tuple[float, float], eps: float, weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW over every trainable parameter (after sharding, so it holds the shards)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(
+        params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, foreach=True
+    )
+
+
+def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
+    """Constant learning rate after a linear warm-up of ``warmup_steps`` (the paper: none)."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    return base_lr
+
+
+def clean_name(name: str) -> str:
+    """Parameter name without wrapper prefixes (activation checkpointing, torch.compile)."""
+    return name.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if isinstance(t, DTensor) else t
+
+
+class EMA:
+    """``ema <- decay * ema + (1 - decay) * param`` after every optimizer step.
+
+    ``state_dict()`` maps clean parameter names to (sharded) tensors, so
+    :mod:`torch.distributed.checkpoint` saves and reshards it like the model.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.params = {clean_name(n): p for n, p in model.named_parameters() if p.requires_grad}
+        with torch.no_grad():
+            self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+        self._pairs = [(_local(self.shadow[n]), _local(p)) for n, p in self.params.items()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        if not self._pairs:
+            return
+        ema, cur = zip(*self._pairs, strict=True)
+        torch._foreach_lerp_(list(ema), list(cur), 1.0 - self.decay)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.shadow) - set(state)
+        if missing:
+            raise KeyError(f"EMA state lacks {sorted(missing)[:5]}")
+        for n, t in self.shadow.items():
+            if state[n] is not t:
+                t.copy_(state[n])
+
+    def full_state(self, keep: bool = True) -> dict[str, torch.Tensor] | None:
+        """Unsharded EMA weights (a collective: every rank must call it); returned on ranks
+        with ``keep``, one tensor gathered at a time."""
+        out: dict[str, torch.Tensor] | None = {} if keep else None
+        for n, t in self.shadow.items():
+            full = t.full_tensor() if isinstance(t, DTensor) else t
+            if out is not None:
+                out[n] = full.detach().cpu()
+        return out

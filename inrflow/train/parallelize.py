@@ -1,0 +1,90 @@
+"""Activation checkpointing, per-block ``torch.compile`` and FSDP2 sharding, in that order.
+
+FSDP2 units: the encoder, every trunk block, then the root. The root keeps the embeddings, the
+decoder blocks and the final layer: ``INRFlow.encode`` precomputes the decoder's keys/values and
+adaLN modulations by calling those modules' submodules directly, which is only valid while their
+parameters are gathered, i.e. inside the root unit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+from inrflow.model import INRFlow
+
+__all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "parallelize"]
+
+
+def apply_activation_checkpointing(model: INRFlow) -> None:
+    """Recompute each trunk block in backward instead of storing its activations.
+
+    Args:
+        model: the model; its ``blocks`` are wrapped in place (state-dict keys are unchanged by
+            :func:`torch.distributed.checkpoint.state_dict.get_model_state_dict`).
+    """
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
+
+
+def apply_compile(model: INRFlow) -> None:
+    """``torch.compile`` every trunk block (before sharding, so FSDP2's hooks stay outside the
+    compiled code). The ``_orig_mod.`` this adds to parameter names is removed again by
+    ``get_model_state_dict`` and :func:`~inrflow.train.optim.clean_name`.
+
+    Args:
+        model: the model whose ``blocks`` are replaced by their compiled wrappers.
+    """
+    for i, block in enumerate(model.blocks):
+        model.blocks[i] = torch.compile(block, dynamic=False)
+
+
+def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
+    """Shard the encoder, each trunk block, then the root, over ``mesh``.
+
+    Args:
+        model: the model (parameters on any device; they move to the mesh's device).
+        mesh: 1-D data-parallel mesh.
+        param_dtype: compute/all-gather dtype (``torch.bfloat16`` for mixed precision, or None);
+            gradients are reduced and master weights kept in float32.
+    """
+
+    def policy(cast_inputs: bool) -> MixedPrecisionPolicy:
+        return MixedPrecisionPolicy(
+            param_dtype=param_dtype,
+            reduce_dtype=torch.float32 if param_dtype is not None else None,
+            cast_forward_inputs=cast_inputs,
+        )
+
+    # Coordinates and times must reach the Fourier embeddings in float32 (pi * 112 * x in bf16
+    # would be noise), so the root and the encoder, which receive them, keep their inputs as they
+    # are; the model casts to the parameter dtype where it projects. Trunk blocks only see
+    # latents and conditioning, which they take in the compute dtype.
+    fully_shard(model.encoder, mesh=mesh, mp_policy=policy(False))
+    blocks = list(model.blocks)
+    for i, block in enumerate(blocks):
+        # the last block's parameters would be gathered again right away by backward
+        fully_shard(
+            block, mesh=mesh, mp_policy=policy(True), reshard_after_forward=i < len(blocks) - 1
+        )
+    fully_shard(model, mesh=mesh, mp_policy=policy(False))
+
+
+def parallelize(
+    model: INRFlow,
+    mesh: DeviceMesh,
+    *,
+    param_dtype: torch.dtype | None = None,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+) -> nn.Module:
+    """Apply activation checkpointing, compile and FSDP2 to ``model`` (in place) and return it."""
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
+    if compile:
+        apply_compile(model)
+    apply_fsdp(model, mesh, param_dtype)
+    return model

@@ -1,0 +1,620 @@
+"""The trainer: setup as an ordered recipe, ``train_step`` as one optimizer step, ``train`` as the
+loop around it (checkpoints, signals, samples, logs).
+
+Setup order (torchtitan's): process group + mesh -> seed -> data -> model -> parallelize (AC,
+compile, FSDP2) -> optimizer + EMA -> checkpoint restore -> loader at the restored step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import signal
+import time
+import warnings
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.distributed.checkpoint.state_dict import (
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from inrflow.data import CoordinateDataset, FlowCollate, StreamSampler, build_dataset, build_loader
+from inrflow.data.io import save_image_grid, save_ply
+from inrflow.flow import cicfm_loss
+from inrflow.model import INRFlow, count_parameters, get_config
+from inrflow.model.config import INRFlowConfig
+from inrflow.model.pseudo_coords import grid_coords
+from inrflow.profiling import nvtx_range
+from inrflow.sampling import sample
+
+from .checkpoint import CheckpointManager
+from .config import TrainConfig
+from .distributed import Dist, init_distributed
+from .logging import MetricLogger, plot_loss
+from .optim import EMA, build_optimizer, lr_at
+
+__all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
+
+# The model's modules return views (chunks, reshapes) that nothing modifies in place, which is
+# what FSDP2 warns about on every forward.
+_FSDP_VIEW_WARNING = r"FSDP2-wrapped module .* returned a view tensor"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class NonFiniteWarning(UserWarning):
+    """A step was skipped because its loss or gradient norm was not finite."""
+
+
+def dataset_info(ds: CoordinateDataset) -> dict[str, Any]:
+    """What sampling needs to know about the data (saved with every checkpoint)."""
+    return {
+        "domain": ds.domain,
+        "shape": list(ds.shape),
+        "value_dim": ds.value_dim,
+        "coord_dim": ds.coord_dim,
+        "num_classes": ds.num_classes,
+        "class_names": list(ds.class_names),
+    }
+
+
+def model_config_for(cfg: TrainConfig, ds: CoordinateDataset) -> INRFlowConfig:
+    """The preset ``cfg.size`` of the dataset's domain, fitted to the data, with overrides.
+
+    Label dropout is done by the data pipeline (per sample, from its seed), so the model's own
+    random dropout is switched off (``class_dropout=0``; the null-class row still exists).
+    """
+    domain = cfg.task or ds.domain
+    num_classes = ds.num_classes if cfg.class_conditional else 0
+    fitted: dict[str, Any] = {"value_dim": ds.value_dim, "num_classes": num_classes}
+    if domain == "protein":
+        fitted["coord_dim"] = ds.coord_dim
+    fitted.update(cfg.model)
+    fitted["class_dropout"] = 0.0
+    return get_config(cfg.size, domain, **fitted)
+
+
+class Trainer:
+    """One training run. ``Trainer(cfg).train()``; ``dataset`` replaces ``cfg.data`` (tests)."""
+
+    def __init__(self, cfg: TrainConfig, dataset: CoordinateDataset | None = None) -> None:
+        self.cfg = cfg.validate()
+        self.out = Path(cfg.out)
+        self._logger: MetricLogger | None = None
+        # 1. process group, device mesh
+        self.dist: Dist = init_distributed(cfg.device)
+        self.device = self.dist.device
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        try:
+            self._setup(dataset)
+        except BaseException:
+            self.dist.close()
+            raise
+
+    def _setup(self, dataset: CoordinateDataset | None) -> None:
+        cfg, d = self.cfg, self.dist
+        if cfg.batch_size % d.world:
+            raise ValueError(
+                f"--batch-size {cfg.batch_size} (global) is not divisible by {d.world} processes"
+            )
+        # 2. data (a wrong path fails here, before anything is built)
+        self.dataset = dataset or build_dataset(
+            cfg.data,
+            resolution=cfg.resolution,
+            num_points=cfg.num_points,
+            hflip=cfg.hflip,
+            channels=cfg.channels,
+            normalization=cfg.normalization,
+        )
+        self.checkpoints = CheckpointManager(
+            self.out / "checkpoints", d, keep=cfg.keep_ckpts, checksums=cfg.verify_checksums
+        )
+        # 3. model config: on resume the stored architecture wins over the command line
+        self.model_config = model_config_for(cfg, self.dataset)
+        found = self.checkpoints.candidates() if cfg.resume else []
+        if found:
+            stored = self._stored_model_config(found)
+            if stored is not None and stored != self.model_config:
+                self._say(
+                    "resuming: the model architecture stored in the checkpoint overrides "
+                    "the command line's"
+                )
+                self.model_config = stored
+        # 4. the model, identical on every rank (same seed), then sharded
+        torch.manual_seed(cfg.seed)
+        model = INRFlow(self.model_config)
+        self.num_params = count_parameters(model)
+        self.param_dtype = self._param_dtype()
+        from .parallelize import parallelize
+
+        self.model = parallelize(
+            model,
+            d.mesh,
+            param_dtype=self.param_dtype,
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile=cfg.compile,
+        )
+        self.model.train()
+        # 5. optimizer and EMA (after sharding: both hold the shards)
+        self.optimizer = build_optimizer(
+            self.model, cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay
+        )
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.step = 0
+        self.skipped_steps = 0
+        self.skipped_files = 0
+        # 6. restore (the global RNG only serves stray uses: every draw of the training stream
+        # comes from per-sample seeds; a checkpoint's RNG state replaces this seeding)
+        torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
+        self.resumed_from: Path | None = None
+        if cfg.resume:
+            self._restore()
+        # 7. the data stream, at the restored position
+        self.sampler = StreamSampler(
+            len(self.dataset),
+            cfg.batch_size,
+            d.rank,
+            d.world,
+            seed=cfg.seed,
+            start_step=self.step,
+        )
+        collate = FlowCollate(
+            cfg.num_queries,
+            cfg.num_context,
+            num_classes=self.model_config.num_classes,
+            label_dropout=cfg.label_dropout,
+            time_dist=cfg.time_dist,
+        )
+        self.loader = build_loader(
+            self.dataset,
+            self.sampler,
+            collate,
+            num_workers=cfg.workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self._sample_model: INRFlow | None = None
+        self._stop_signal: int | None = None
+        self._nonfinite_run = 0
+        self._saved_step = self.step if self.resumed_from is not None else -1
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _say(self, msg: str) -> None:
+        if not self.dist.is_main:
+            return
+        if self._logger is not None and self._logger.bar is not None:
+            self._logger.write(f"[inrflow] {msg}")  # above the progress bar, not through it
+        else:
+            print(f"[inrflow] {msg}", flush=True)
+
+    def _param_dtype(self) -> torch.dtype | None:
+        p = self.cfg.precision
+        if p == "auto":
+            p = "bf16" if self.device.type == "cuda" else "fp32"
+        return torch.bfloat16 if p == "bf16" else None
+
+    def _stored_model_config(self, found: list[tuple[int, Path]]) -> INRFlowConfig | None:
+        from .checkpoint import read_manifest
+
+        for _step, path in found:
+            try:
+                stored = read_manifest(path)["model_config"]
+            except (OSError, ValueError, KeyError):
+                continue
+            stored = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+            return INRFlowConfig(**stored)
+        return None
+
+    # -- checkpoint state ------------------------------------------------------------------------
+    def _state(self, rng_ranks: int | None = None) -> dict[str, Any]:
+        """The DCP state dict: model, optimizer, EMA (all sharded), trainer scalars, this rank's
+        RNG (only when the checkpoint has a slot for this rank)."""
+        state: dict[str, Any] = {
+            "model": get_model_state_dict(self.model),
+            "optim": get_optimizer_state_dict(self.model, self.optimizer),
+            "ema": self.ema.state_dict(),
+            "trainer": {
+                "step": self.step,
+                "skipped_steps": self.skipped_steps,
+                "skipped_files": self.skipped_files,
+            },
+        }
+        if rng_ranks is None or self.dist.rank < rng_ranks:
+            state["rng"] = {f"rank{self.dist.rank}": CheckpointManager.rng_state()}
+        return state
+
+    def _meta(self) -> dict[str, Any]:
+        return {
+            "model_config": dataclasses.asdict(self.model_config),
+            "train_config": self.cfg.to_dict(),
+            "dataset": dataset_info(self.dataset),
+            "num_params": self.num_params,
+            "torch_version": torch.__version__,
+        }
+
+    def save_checkpoint(self) -> Path:
+        with nvtx_range("checkpoint"):
+            path = self.checkpoints.save(self.step, self._state(), self._meta())
+        self._saved_step = self.step
+        self._say(f"saved checkpoint {path}")
+        return path
+
+    def _restore(self) -> None:
+        def build(meta: dict[str, Any]) -> dict[str, Any]:
+            return self._state(rng_ranks=int(meta.get("world_size", 1)))
+
+        found = self.checkpoints.load_latest(build)
+        if found is None:
+            self._say(f"--resume: no checkpoint in {self.checkpoints.folder}; starting from step 0")
+            return
+        path, meta, state = found
+        set_model_state_dict(self.model, state["model"])
+        set_optimizer_state_dict(self.model, self.optimizer, state["optim"])
+        self.ema.load_state_dict(state["ema"])
+        tr = state["trainer"]
+        self.step = int(tr["step"])
+        self.skipped_steps, self.skipped_files = int(tr["skipped_steps"]), int(tr["skipped_files"])
+        if "rng" in state:
+            CheckpointManager.set_rng_state(state["rng"][f"rank{self.dist.rank}"])
+        if int(meta.get("world_size", 1)) != self.dist.world:
+            self._say(
+                f"checkpoint was written by {meta.get('world_size')} processes, now "
+                f"{self.dist.world}: weights and optimizer are resharded; the data stream "
+                "continues at the same sample"
+            )
+        self.resumed_from = path
+        self._say(f"resumed from {path} at step {self.step}")
+
+    # -- signals ---------------------------------------------------------------------------------
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        previous = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            if self._stop_signal is not None:  # second signal: stop now
+                signal.signal(signum, previous.get(signum, signal.SIG_DFL))
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers
+                previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    # -- one step --------------------------------------------------------------------------------
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        nb = self.device.type == "cuda"
+        # the skip count stays on the host: it is read there every step
+        return {
+            k: v if k == "skipped" else v.to(self.device, non_blocking=nb) for k, v in batch.items()
+        }
+
+    def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The CICFM loss of this rank's batch (the hook a new domain would replace)."""
+        return cicfm_loss(
+            self.model,
+            batch.get("coords"),
+            batch["values"],
+            None,
+            batch.get("labels"),
+            t=batch["t"],
+            noise=batch["noise"],
+            query_index=batch.get("query_index"),
+            context_index=batch.get("context_index"),
+        )
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
+        """Forward, backward, clip, AdamW, EMA. Returns (mean loss over ranks, grad norm,
+        whether the update was skipped). Also agrees on stop requests across ranks."""
+        skipped_files = float(batch.pop("skipped", 0))
+        lr = lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with nvtx_range("forward"):
+            loss = self.compute_loss(batch)
+        # one collective: the mean loss (finite on all ranks or not), any stop request, and the
+        # unreadable files the ranks' loaders passed over
+        loss_sum, stop, skipped = self.dist.all_reduce_sum(
+            [loss.detach().float().item(), float(self._stop_signal is not None), skipped_files]
+        )
+        self.skipped_files += int(skipped)
+        mean_loss = loss_sum / self.dist.world
+        if stop and self._stop_signal is None:
+            self._stop_signal = signal.SIGTERM
+        if not math.isfinite(mean_loss):
+            self._skip(f"non-finite loss {mean_loss}")
+            return mean_loss, float("nan"), True
+        with nvtx_range("backward"):
+            loss.backward()
+        with nvtx_range("optimizer"):
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
+            norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+            grad_norm = float(norm)
+            if not math.isfinite(grad_norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._skip(f"non-finite gradient norm {grad_norm}")
+                return mean_loss, grad_norm, True
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.ema.update()
+        self._nonfinite_run = 0
+        return mean_loss, grad_norm, False
+
+    def _skip(self, why: str) -> None:
+        self.skipped_steps += 1
+        self._nonfinite_run += 1
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.dist.is_main:
+            warnings.warn(
+                f"step {self.step + 1}: {why}; the update is skipped "
+                f"({self._nonfinite_run} in a row)",
+                NonFiniteWarning,
+                stacklevel=3,
+            )
+        if self._nonfinite_run >= self.cfg.max_nonfinite:
+            raise NonFiniteLossError(
+                f"{self._nonfinite_run} consecutive steps had a non-finite loss or gradient "
+                f"(last at step {self.step + 1}): the run has diverged. Lower --lr, check the "
+                f"data, or resume from an earlier checkpoint in {self.checkpoints.folder}"
+            )
+
+    # -- the loop --------------------------------------------------------------------------------
+    def train(self) -> dict[str, Any]:
+        """Run to ``cfg.steps`` (or until SIGTERM/SIGINT); returns a summary dict."""
+        cfg, d = self.cfg, self.dist
+        if d.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(
+                json.dumps(
+                    {"train": cfg.to_dict(), "model": dataclasses.asdict(self.model_config)},
+                    indent=1,
+                    default=str,
+                )
+            )
+        self._say(
+            f"{self.num_params / 1e6:.2f}M parameters ({cfg.size} {self.model_config.value_dim}-"
+            f"channel {cfg.task or self.dataset.domain}), {len(self.dataset)} samples, global "
+            f"batch {cfg.batch_size} over {d.world} process(es) on {self.device.type}, "
+            f"{'bf16' if self.param_dtype else 'fp32'}; steps {self.step}->{cfg.steps}"
+        )
+        logger = MetricLogger(
+            self.out,
+            d.is_main,
+            cfg.steps,
+            self.step,
+            cfg.batch_size,
+            cfg.log_every,
+            cfg.tensorboard,
+        )
+        self._logger = logger
+        previous = self._install_signal_handlers()
+        profiler = self._profiler()
+        t_start = time.perf_counter()
+        start_step = self.step
+        batches = iter(self.loader)
+        try:
+            with profiler or nullcontext(), warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=_FSDP_VIEW_WARNING)
+                while self.step < cfg.steps:
+                    with nvtx_range("data"):
+                        batch = self._to_device(next(batches))
+                    loss, grad_norm, _skipped = self.train_step(batch)
+                    self.step += 1
+                    logger.log_step(
+                        self.step,
+                        loss,
+                        grad_norm,
+                        self.optimizer.param_groups[0]["lr"],
+                        self.skipped_files,
+                    )
+                    if profiler is not None:
+                        profiler.step()
+                    if self._stop_signal is not None:
+                        break
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        self.save_checkpoint()
+                    last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
+                    if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
+                        self.write_samples(logger)
+            elapsed = time.perf_counter() - t_start
+            logger.close_bar()
+            if self._stop_signal is not None:
+                name = signal.Signals(self._stop_signal).name
+                logger.write(f"[inrflow] {name} received: saving a checkpoint at step {self.step}")
+            if self._saved_step != self.step and (
+                self.step > start_step or self._stop_signal is not None
+            ):
+                self.save_checkpoint()
+            summary: dict[str, Any] = {
+                "step": self.step,
+                "train_seconds": elapsed,
+                "steps_per_second": (self.step - start_step) / max(elapsed, 1e-9),
+                "skipped_steps": self.skipped_steps,
+                "skipped_files": self.skipped_files,
+                "interrupted_by": self._stop_signal,
+            }
+            if self.skipped_files:
+                self._say(f"{self.skipped_files} unreadable data files were skipped (see warnings)")
+            self._say(
+                f"{self.step - start_step} steps in {elapsed:.0f} s "
+                f"({summary['steps_per_second']:.3g} steps/s, "
+                f"{summary['steps_per_second'] * cfg.batch_size:.3g} samples/s)"
+            )
+            if self._stop_signal is None:
+                summary.update(self.finish(logger))
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+            logger.close()
+            self._logger = None
+        return summary
+
+    def _profiler(self) -> Any:
+        if not self.cfg.profile:
+            return None
+        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
+
+        acts = [ProfilerActivity.CPU] + (
+            [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
+        )
+        return profile(
+            activities=acts,
+            schedule=schedule(wait=4, warmup=1, active=5, repeat=1),
+            on_trace_ready=tensorboard_trace_handler(
+                str(self.out / "profile"), f"rank{self.dist.rank}"
+            ),
+        )
+
+    # -- sampling --------------------------------------------------------------------------------
+    def sample_model(self) -> INRFlow | None:
+        """A plain (unsharded) copy of the model holding the EMA weights, on rank 0; a
+        collective (every rank gathers its shards)."""
+        full = self.ema.full_state(keep=self.dist.is_main)
+        if not self.dist.is_main:
+            return None
+        if self._sample_model is None:
+            self._sample_model = INRFlow(self.model_config).to(self.device).eval()
+        params = dict(self._sample_model.named_parameters())
+        with torch.no_grad():
+            for name, value in full.items():
+                params[name].copy_(value)
+        return self._sample_model
+
+    def generate(
+        self, model: INRFlow, labels: torch.Tensor | None, num: int, seed: int
+    ) -> torch.Tensor:
+        """``num`` samples at the training resolution / point count."""
+        cfg, info = self.cfg, self.dataset
+        g = torch.Generator(self.device).manual_seed(seed)
+        guided = labels is not None and cfg.cfg_scale != 1.0
+        if info.domain == "image":
+            coords = grid_coords(info.shape, device=self.device)
+            return sample(
+                model,
+                None,
+                coords,
+                cfg.sample_steps,
+                cfg.sample_method,
+                cfg.cfg_scale if guided else 1.0,
+                labels,
+                g,
+                batch_size=num,
+                progress=False,
+            )
+        noise = torch.randn(num, info.shape[0], info.value_dim, generator=g, device=self.device)
+        return sample(
+            model,
+            None,
+            None,
+            cfg.sample_steps,
+            cfg.sample_method,
+            cfg.cfg_scale if guided else 1.0,
+            labels,
+            g,
+            noise=noise,
+            progress=False,
+        )
+
+    def _labels(self, num: int) -> torch.Tensor | None:
+        k = self.model_config.num_classes
+        return torch.arange(num, device=self.device) % k if k > 0 else None
+
+    def write_samples(
+        self, logger: MetricLogger | None = None, num: int | None = None
+    ) -> Path | None:
+        """EMA samples of the current step: a PNG grid (images) or PLY files (point clouds)."""
+        model = self.sample_model()
+        if model is None:
+            return None
+        num = num or self.cfg.num_samples
+        with nvtx_range("sample"):
+            out = self.generate(model, self._labels(num), num, seed=self.cfg.seed)
+        folder = self.out / "samples"
+        if self.dataset.domain == "image":
+            k = self.model_config.num_classes
+            nrow = k if k > 0 and num % k == 0 else None
+            scale = max(1, 128 // max(self.dataset.shape))
+            path = save_image_grid(
+                out,
+                self.dataset.shape,
+                folder / f"step_{self.step:09d}.png",
+                nrow=nrow,
+                scale=scale,
+            )
+        else:
+            path = folder / f"step_{self.step:09d}"
+            for i, cloud in enumerate(out):
+                save_ply(cloud, path / f"sample_{i:03d}.ply")
+        if logger is not None:
+            logger.write(f"[inrflow] step {self.step}: samples written to {path}")
+        return path
+
+    def finish(self, logger: MetricLogger) -> dict[str, Any]:
+        """End of a completed run: the loss plot, the final samples and their score."""
+        result: dict[str, Any] = {}
+        if self.dist.is_main:
+            png = plot_loss(logger.csv_path, self.out / "loss.png")
+            if png is not None:
+                self._say(f"loss curve: {png}")
+                result["loss_plot"] = str(png)
+        if self.cfg.final_samples > 0:
+            model = self.sample_model()
+            if model is not None:
+                num = self.cfg.final_samples
+                labels = self._labels(num)
+                t0 = time.perf_counter()
+                with nvtx_range("final-samples"):
+                    out = self.generate(model, labels, num, seed=self.cfg.seed + 1)
+                result["sample_seconds"] = time.perf_counter() - t0
+                if self.dataset.domain == "image":
+                    k = self.model_config.num_classes
+                    show = min(num, 10 * k if k else 100)
+                    path = save_image_grid(
+                        out[:show],
+                        self.dataset.shape,
+                        self.out / "samples" / "final.png",
+                        nrow=k or None,
+                        scale=max(1, 128 // max(self.dataset.shape)),
+                    )
+                else:
+                    path = self.out / "samples" / "final"
+                    for i, cloud in enumerate(out):
+                        save_ply(cloud, path / f"sample_{i:03d}.ply")
+                result["samples"] = str(path)
+                self._say(f"{num} final samples: {path}")
+                evaluate = getattr(self.dataset, "evaluate_samples", None)
+                if evaluate is not None and labels is not None:
+                    scores = evaluate(out, labels)
+                    result.update(scores)
+                    for key, value in scores.items():
+                        self._say(
+                            f"{key}: {value:.4f} over {num} class-conditional samples "
+                            f"({self.cfg.sample_method}, {self.cfg.sample_steps} steps, "
+                            f"CFG {self.cfg.cfg_scale})"
+                        )
+                    (self.out / "final_scores.json").write_text(json.dumps(scores, indent=1))
+        self.dist.barrier()
+        return result
+
+    def close(self) -> None:
+        self.dist.close()
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Build, train, clean up. The exit path of ``train.py``."""
+    trainer = Trainer(cfg)
+    try:
+        return trainer.train()
+    finally:
+        trainer.close()

@@ -1,0 +1,456 @@
+"""The trainer in one process: config/CLI, outputs, exact resume (after SIGTERM and SIGKILL),
+checkpoint verification and fallback, keep-last-K, non-finite steps, bad data.
+
+Every run uses a ~50k-parameter model on 8x8 digits, a few steps, one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from inrflow.data import DigitsDataset
+from inrflow.data.base import CoordinateDataset
+from inrflow.train import NonFiniteLossError, TrainConfig, Trainer, list_checkpoints, parse_args
+from inrflow.train.checkpoint import MANIFEST, CheckpointWarning
+from inrflow.train.logging import read_metrics
+from inrflow.train.trainer import NonFiniteWarning
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = dict(
+    hidden=32,
+    depth=1,
+    heads=2,
+    num_latents=16,
+    encoder_heads=2,
+    time_freq_dim=32,
+    num_freqs=4,
+    max_log2=3.0,
+    rel_num_freqs=2,
+    rel_max_log2=1.0,
+)
+TINY = dict(
+    data="digits",
+    size="tiny",
+    resolution=8,
+    channels=1,
+    hflip=False,
+    model=TINY_MODEL,
+    batch_size=8,
+    steps=6,
+    num_queries=16,
+    lr=1e-3,
+    workers=0,
+    ckpt_every=3,
+    sample_every=0,
+    log_every=1,
+    tensorboard=False,
+    threads=1,
+    device="cpu",
+)
+
+
+def tiny_config(out: Path, **overrides) -> TrainConfig:
+    fields = {**TINY, "model": dict(TINY_MODEL), "out": str(out), **overrides}
+    return TrainConfig(**fields)
+
+
+def tiny_argv(out: Path, **overrides) -> list[str]:
+    """The command line of :func:`tiny_config` (for subprocess and torchrun runs)."""
+    fields = {**TINY, "out": str(out), **overrides}
+    argv = []
+    for key, value in fields.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, dict):
+            argv += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def train(cfg: TrainConfig, dataset: CoordinateDataset | None = None) -> dict:
+    threads = torch.get_num_threads()
+    trainer = Trainer(cfg, dataset)
+    try:
+        summary = trainer.train()
+        summary["resumed_from"] = trainer.resumed_from
+        return summary
+    finally:
+        trainer.close()
+        torch.set_num_threads(threads)
+
+
+def losses(out: Path) -> list[float]:
+    rows = read_metrics(Path(out) / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
+    return [r["loss"] for r in rows]
+
+
+def ckpt_steps(out: Path) -> list[int]:
+    return sorted(s for s, _ in list_checkpoints(Path(out) / "checkpoints"))
+
+
+def script_env() -> dict[str, str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """An uninterrupted 12-step run, checkpoints every 3 steps."""
+    out = tmp_path_factory.mktemp("reference")
+    train(tiny_config(out, steps=12, keep_ckpts=10))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# configuration and CLI
+# ------------------------------------------------------------------------------------------------
+
+
+def test_cli_help_lists_the_options(capsys) -> None:
+    from inrflow.train.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    for flag in (
+        "--size",
+        "--data",
+        "--task",
+        "--steps",
+        "--batch-size",
+        "--ckpt-every",
+        "--out",
+        "--resume",
+        "--device",
+        "--profile",
+        "--preset",
+        "torchrun",
+    ):
+        assert flag in text
+
+
+def test_presets_and_overrides() -> None:
+    cfg = parse_args(
+        [
+            "--preset",
+            "digits",
+            "--steps",
+            "10",
+            "--model",
+            "depth=2,latent_grid=(4,4)",
+            "--num-queries",
+            "all",
+            "--betas",
+            "0.9,0.95",
+            "--no-hflip",
+        ]
+    )
+    assert cfg.steps == 10 and cfg.data == "digits" and cfg.batch_size == 32
+    assert cfg.model["depth"] == 2 and cfg.model["hidden"] == 64
+    assert cfg.model["latent_grid"] == (4, 4)
+    assert cfg.num_queries is None and cfg.betas == (0.9, 0.95) and cfg.hflip is False
+    xl = parse_args(["--preset", "imagenet256", "--data", "/data/in"])
+    assert (xl.size, xl.batch_size, xl.lr, xl.ema_decay, xl.grad_clip) == (
+        "XL",
+        512,
+        1e-4,
+        0.999,
+        2.0,
+    )
+    assert xl.betas == (0.9, 0.999) and xl.eps == 1e-8 and xl.weight_decay == 0.0
+    with pytest.raises(ValueError, match="--steps"):
+        parse_args(["--steps", "0"])
+    with pytest.raises(ValueError, match="--device"):
+        parse_args(["--device", "tpu"])
+    with pytest.raises(SystemExit):
+        parse_args(["--preset", "nope"])
+
+
+# ------------------------------------------------------------------------------------------------
+# a full run and its outputs
+# ------------------------------------------------------------------------------------------------
+
+
+def test_run_writes_checkpoints_logs_samples_plot_and_score(tmp_path) -> None:
+    summary = train(
+        tiny_config(
+            tmp_path,
+            steps=4,
+            ckpt_every=2,
+            sample_every=2,
+            num_samples=10,
+            final_samples=20,
+            sample_steps=4,
+            cfg_scale=2.0,
+            tensorboard=True,
+        )
+    )
+    assert summary["step"] == 4 and summary["interrupted_by"] is None
+    assert len(losses(tmp_path)) == 4 and all(np.isfinite(losses(tmp_path)))
+    assert ckpt_steps(tmp_path) == [2, 4]
+    for name in (
+        "loss.png",
+        "config.json",
+        "final_scores.json",
+        "samples/step_000000002.png",
+        "samples/final.png",
+    ):
+        assert (tmp_path / name).is_file(), name
+    assert not (tmp_path / "samples" / "step_000000004.png").exists()  # the final grid instead
+    assert any((tmp_path / "tensorboard").iterdir())
+    assert 0.0 <= summary["classifier_accuracy"] <= 1.0
+    meta = json.loads((tmp_path / "checkpoints" / "step_000000004" / MANIFEST).read_text())
+    assert meta["step"] == 4 and meta["model_config"]["hidden"] == 32
+    assert meta["dataset"]["shape"] == [8, 8] and meta["dataset"]["num_classes"] == 10
+    with Image.open(tmp_path / "samples" / "final.png") as grid:  # 2 rows of 10 digits
+        assert grid.size == ((10 * 9 + 1) * 16, (2 * 9 + 1) * 16)
+
+
+def test_precision_and_activation_checkpointing_options(tmp_path) -> None:
+    base = train(tiny_config(tmp_path / "a", steps=3, ckpt_every=0))
+    ac = train(tiny_config(tmp_path / "b", steps=3, ckpt_every=0, activation_checkpointing=True))
+    np.testing.assert_allclose(losses(tmp_path / "b"), losses(tmp_path / "a"), rtol=1e-6)
+    assert base["step"] == ac["step"] == 3
+    train(tiny_config(tmp_path / "c", steps=3, ckpt_every=0, precision="bf16"))
+    bf16 = losses(tmp_path / "c")
+    assert all(np.isfinite(bf16))
+    np.testing.assert_allclose(bf16[0], losses(tmp_path / "a")[0], rtol=0.05)
+
+
+def test_profile_writes_a_trace(tmp_path) -> None:
+    train(tiny_config(tmp_path, steps=11, ckpt_every=0, profile=True))
+    traces = list((tmp_path / "profile").glob("*.json*"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_compiled_blocks_match_eager_and_checkpoints_stay_portable(tmp_path) -> None:
+    train(tiny_config(tmp_path / "eager", steps=2, ckpt_every=0))
+    train(
+        tiny_config(
+            tmp_path / "compiled",
+            steps=2,
+            ckpt_every=0,
+            compile=True,
+            activation_checkpointing=True,
+        )
+    )
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-5)
+    # the compiled run's checkpoint has plain names: it resumes without compile
+    summary = train(tiny_config(tmp_path / "compiled", steps=3, resume=True))
+    assert summary["resumed_from"].name == "step_000000002" and summary["step"] == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# exact resume
+# ------------------------------------------------------------------------------------------------
+
+
+def test_resume_continues_exactly(tmp_path, reference) -> None:
+    train(tiny_config(tmp_path, steps=5))  # a shorter run: checkpoints at 3 and 5
+    summary = train(tiny_config(tmp_path, steps=12, resume=True))
+    assert summary["resumed_from"].name == "step_000000005"
+    assert losses(tmp_path) == losses(reference)  # bit for bit
+
+
+def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path, reference) -> None:
+    class SignalAt(DigitsDataset):
+        """Sends SIGTERM to this process when the 5th batch (step 5) is being loaded."""
+
+        calls = 0
+
+        def load(self, index, rng):
+            SignalAt.calls += 1
+            if SignalAt.calls == 4 * 8 + 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().load(index, rng)
+
+    summary = train(tiny_config(tmp_path, steps=12), dataset=SignalAt())
+    assert summary["interrupted_by"] == signal.SIGTERM
+    assert summary["step"] == 5 and ckpt_steps(tmp_path) == [3, 5]
+    train(tiny_config(tmp_path, steps=12, resume=True))
+    assert losses(tmp_path) == losses(reference)
+
+
+def test_sigkill_mid_run_then_resume_reproduces_the_losses(tmp_path, reference) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "train.py"), *tiny_argv(out, steps=400)]
+    proc = subprocess.Popen(
+        cmd, env=script_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not [s for s in ckpt_steps(out) if s >= 6] and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    newest = max(ckpt_steps(out))
+    assert 6 <= newest < 12, "killed too late to test a resume"
+    done = subprocess.run(
+        [*cmd, "--steps", "12", "--resume"],
+        env=script_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resumed from {out / 'checkpoints'}" in done.stdout
+    assert losses(out) == losses(reference)
+
+
+# ------------------------------------------------------------------------------------------------
+# checkpoint integrity
+# ------------------------------------------------------------------------------------------------
+
+
+def copy_run(src: Path, dst: Path, keep_steps: list[int]) -> Path:
+    (dst / "checkpoints").mkdir(parents=True)
+    for step, path in list_checkpoints(src / "checkpoints"):
+        if step in keep_steps:
+            shutil.copytree(path, dst / "checkpoints" / path.name)
+    shutil.copy(src / "metrics.csv", dst / "metrics.csv")
+    return dst
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, reference) -> None:
+    out = copy_run(reference, tmp_path / "run", [6, 9])
+    shard = next((out / "checkpoints" / "step_000000009").glob("*.distcp"))
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) // 2])
+    with pytest.warns(CheckpointWarning, match=r"step_000000009.*truncated"):
+        summary = train(tiny_config(out, steps=12, resume=True, keep_ckpts=10))
+    assert summary["resumed_from"].name == "step_000000006"
+    assert losses(out) == losses(reference)
+
+
+def test_corrupted_bytes_and_manifest_are_detected(tmp_path, reference) -> None:
+    out = copy_run(reference, tmp_path / "run", [3, 6, 9])
+    shard = next((out / "checkpoints" / "step_000000009").glob("*.distcp"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one byte changed
+    shard.write_bytes(bytes(data))
+    (out / "checkpoints" / "step_000000006" / MANIFEST).write_text("{not json")
+    with pytest.warns(CheckpointWarning) as record:
+        summary = train(tiny_config(out, steps=9, resume=True, keep_ckpts=10))
+    text = " ".join(str(w.message) for w in record)
+    assert "CRC32" in text and "manifest" in text
+    assert summary["resumed_from"].name == "step_000000003"
+    assert losses(out) == losses(reference)[:9]
+
+
+def test_an_interrupted_save_is_ignored_and_cleaned_up(tmp_path, reference) -> None:
+    out = copy_run(reference, tmp_path / "run", [3])
+    partial = out / "checkpoints" / ".tmp_step_000000006"
+    partial.mkdir()
+    (partial / "__0_0.distcp").write_bytes(b"half a checkpoint")
+    unfinished = out / "checkpoints" / "step_000000009"  # renamed but no manifest: not complete
+    unfinished.mkdir()
+    summary = train(tiny_config(out, steps=6, resume=True))
+    assert summary["resumed_from"].name == "step_000000003"
+    assert not partial.exists()
+    assert losses(out) == losses(reference)[:6]
+
+
+def test_keeps_only_the_newest_checkpoints(tmp_path) -> None:
+    train(tiny_config(tmp_path, steps=5, ckpt_every=1, keep_ckpts=2))
+    assert ckpt_steps(tmp_path) == [4, 5]
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys) -> None:
+    summary = train(tiny_config(tmp_path, steps=2, resume=True))
+    assert summary["step"] == 2 and summary["resumed_from"] is None
+    assert "no checkpoint" in capsys.readouterr().out
+
+
+def test_stored_architecture_wins_on_resume(tmp_path) -> None:
+    train(tiny_config(tmp_path, steps=3))
+    cfg = tiny_config(tmp_path, steps=4, resume=True, model={**TINY_MODEL, "depth": 3})
+    summary = train(cfg)
+    assert summary["resumed_from"].name == "step_000000003" and summary["step"] == 4
+    meta = json.loads((tmp_path / "checkpoints" / "step_000000004" / MANIFEST).read_text())
+    assert meta["model_config"]["depth"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# non-finite steps and bad data
+# ------------------------------------------------------------------------------------------------
+
+
+class Poisoned(DigitsDataset):
+    """Digits whose items in ``bad`` are NaN."""
+
+    def __init__(self, bad: set[int], size: int | None = None) -> None:
+        super().__init__()
+        self.bad, self.size = bad, size
+
+    def __len__(self) -> int:
+        return self.size or super().__len__()
+
+    def load(self, index, rng):
+        item = super().load(index, rng)
+        if index in self.bad or "all" in self.bad:
+            item["values"] = torch.full_like(item["values"], float("nan"))
+        return item
+
+
+def test_nonfinite_steps_are_skipped(tmp_path) -> None:
+    ds = Poisoned({3}, size=16)  # exactly one of the two steps of every epoch is poisoned
+    with pytest.warns(NonFiniteWarning, match="non-finite loss"):
+        summary = train(tiny_config(tmp_path, steps=6, max_nonfinite=3), dataset=ds)
+    got = losses(tmp_path)
+    assert summary["step"] == 6 and summary["skipped_steps"] == 3
+    assert sum(not np.isfinite(x) for x in got) == 3
+    trainer = Trainer(tiny_config(tmp_path, steps=6, resume=True), dataset=ds)
+    try:
+        assert all(torch.isfinite(p.full_tensor()).all() for p in trainer.model.parameters())
+        assert trainer.skipped_steps == 3
+    finally:
+        trainer.close()
+
+
+def test_many_nonfinite_steps_in_a_row_stop_the_run(tmp_path) -> None:
+    with pytest.warns(NonFiniteWarning), pytest.raises(NonFiniteLossError, match="3 consecutive"):
+        train(tiny_config(tmp_path, steps=10, max_nonfinite=3), dataset=Poisoned({"all"}))
+
+
+def test_a_wrong_data_path_fails_before_training(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="no-such-folder"):
+        train(tiny_config(tmp_path, data=str(tmp_path / "no-such-folder")))
+    assert not (tmp_path / "metrics.csv").exists()
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path) -> None:
+    data = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            arr = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(data / cls / f"{i}.png")
+    (data / "a" / "9.png").write_bytes(b"corrupt")
+    cfg = tiny_config(tmp_path / "run", data=str(data), channels=3, steps=3, resolution=8)
+    with pytest.warns(UserWarning, match="9.png"):
+        summary = train(cfg)
+    assert summary["step"] == 3 and summary["skipped_files"] >= 1
