@@ -146,8 +146,15 @@ def build_extensions() -> tuple[list, dict]:
     cxx_flags = list(opt)  # torch adds -DPy_LIMITED_API itself for py_limited_api builds
     nvcc_flags = [*opt, "-lineinfo", "--expt-relaxed-constexpr"]
     define_macros = []
+    link_flags: list[str] = []
+    if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
+        # at::parallel_for is an OpenMP loop in torch's headers: without -fopenmp it runs on one
+        # thread.
+        cxx_flags.append("-fopenmp")
+        link_flags.append("-fopenmp")
     if use_cuda:
-        sources += [str(CSRC / "cuda_ops.cpp")]
+        # Per-op CUDA registrations (csrc/cuda/*.cpp) are host code.
+        sources += sorted(glob.glob(str(CSRC / "cuda" / "*.cpp")))
         sources += sorted(glob.glob(str(CSRC / "kernels" / "*.cu")))
         for inc in nvidia_wheel_include_dirs():
             cxx_flags += ["-idirafter", inc]
@@ -164,6 +171,7 @@ def build_extensions() -> tuple[list, dict]:
         include_dirs=include_dirs,
         define_macros=define_macros,
         extra_compile_args=extra,
+        extra_link_args=link_flags,
         py_limited_api=py_limited_api,
     )
     cmdclass = {"build_ext": BuildExtension}

@@ -2,7 +2,7 @@
 //
 // Importing inrflow._C loads this library, whose static initialisers register the schemas and
 // kernels with the dispatcher; the Python module itself is empty (no pybind11), which keeps the
-// extension compatible with Py_LIMITED_API. CUDA kernels are registered in csrc/cuda_ops.cpp.
+// extension compatible with Py_LIMITED_API. CUDA kernels are registered in csrc/cuda/*.cpp.
 #include <Python.h>
 #include <torch/library.h>
 

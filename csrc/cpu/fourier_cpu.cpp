@@ -55,7 +55,7 @@
 namespace inrflow {
 
 // ------------------------------------------------------------------------------------------------
-// Validation (shared with csrc/cuda_ops.cpp)
+// Validation (shared with csrc/cuda/fourier_cuda.cpp)
 
 namespace {
 

@@ -1,6 +1,6 @@
 // Fused Fourier embedding, CUDA kernels and their torch-free C launchers.
 //
-// Compiled by nvcc into inrflow._C (called from csrc/cuda_ops.cpp), and unchanged by g++ with
+// Compiled by nvcc into inrflow._C (called from csrc/cuda/fourier_cuda.cpp), and unchanged by g++ with
 // csrc/simt/prelude.h into the emulated test library (tests/test_fourier_kernels.py).
 //
 // Forward: one thread per (row, channel, frequency); consecutive threads take consecutive

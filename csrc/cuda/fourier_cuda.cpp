@@ -1,6 +1,6 @@
-// CUDA registrations of the inrflow::* ops: torch wrappers that validate inputs (the same checks
-// as the CPU path), allocate outputs and call the torch-free launchers of csrc/kernels/*.cu on the
-// current stream. Compiled by the host compiler (only in WITH_CUDA builds), so nvcc never sees
+// CUDA registration of the Fourier-embedding ops: torch wrappers that validate inputs (the same
+// checks as the CPU path), allocate outputs and call the torch-free launchers of
+// csrc/kernels/fourier.cu on the current stream. Compiled by the host compiler (only in WITH_CUDA builds), so nvcc never sees
 // torch headers.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -10,32 +10,12 @@
 
 #include <cstdint>
 
-#include "cpu/fourier_ops.h"
-#include "inrflow/common.h"
+#include "../cpu/fourier_ops.h"
+#include "cuda_utils.h"
 #include "inrflow/fourier.h"
 
 namespace inrflow {
 namespace {
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat:
-      return DType::Float32;
-    case at::kHalf:
-      return DType::Float16;
-    case at::kBFloat16:
-      return DType::BFloat16;
-    case at::kDouble:
-      return DType::Float64;
-    default:
-      TORCH_CHECK(false, "inrflow: unsupported dtype ", t);  // the op checks reject it first
-  }
-}
-
-void check_launch(const char* op, int32_t code) {
-  TORCH_CHECK(code == 0, op, ": CUDA kernel launch failed: ",
-              cudaGetErrorString(static_cast<cudaError_t>(code)));
-}
 
 at::Tensor fourier_embed_cuda(const at::Tensor& x, const at::Tensor& freqs, bool include_input) {
   const FourierDims d = check_fourier_forward(x, freqs, include_input);
