@@ -52,8 +52,9 @@ def test_frechet_matches_closed_form_for_diagonal_gaussians() -> None:
 
 def test_frechet_one_dimensional_and_torch_inputs() -> None:
     # N(1, 2^2) vs N(-2, 0.5^2): (1 + 2)^2 + (2 - 0.5)^2 = 11.25.
-    got = frechet_distance(torch.tensor([1.0]), torch.tensor([[4.0]]),
-                           torch.tensor([-2.0]), torch.tensor([[0.25]]))
+    got = frechet_distance(
+        torch.tensor([1.0]), torch.tensor([[4.0]]), torch.tensor([-2.0]), torch.tensor([[0.25]])
+    )
     assert got == pytest.approx(11.25, rel=1e-12)
 
 
