@@ -255,7 +255,7 @@ INRFLOW_ALWAYS_INLINE V load_vec(const Acc* p) {
 
 // (p - c)^2 on a vector of centres: rounded after each operation, as assign::sq_diff.
 template <typename V, typename Acc>
-INRFLOW_ALWAYS_INLINE V sq_diff_vec(Acc p, V c) {
+INRFLOW_ALWAYS_INLINE V sq_diff_vec(Acc p, const V& c) {
   const V diff = p - c;
   return diff * diff;
 }
