@@ -8,11 +8,11 @@ and d = 3, fp32:
 * group_layout: the extension >= 3x faster than ``argsort(stable) + bincount + cumsum``.
 
 ``extra_info["peak_extra_bytes"]`` is the peak memory a call adds on top of its inputs:
-* CPU: the rise of the process's resident-set high-water mark. ``VmHWM`` is reset to the current
-  RSS by writing ``5`` to ``/proc/self/clear_refs`` (Linux), the call runs, and the new
-  ``VmHWM`` minus the RSS before the call is reported (freed and reused heap pages can hide a few
-  KiB to MiB; the eager composition's N x K distance matrix is exactly what it shows). ``None``
-  where /proc is unavailable.
+* CPU: the rise of the process's resident-set high-water mark. Free heap pages are first returned
+  to the OS (glibc ``malloc_trim(0)``) so that the call's allocations fault in fresh pages, then
+  ``VmHWM`` is reset to the current RSS by writing ``5`` to ``/proc/self/clear_refs`` (Linux),
+  the call runs, and the new ``VmHWM`` minus the RSS before the call is reported. It counts
+  pages, so it is accurate to a few KiB per allocation. ``None`` where /proc is unavailable.
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the memory
   allocated before the call.
 Every benchmark also checks its result against the reference (ties aside for cdist, see below),
@@ -21,6 +21,8 @@ so the --benchmark-disable run (CI) is a real test.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import gc
 import re
 from collections.abc import Callable
@@ -83,6 +85,9 @@ def peak_extra_bytes(fn: Callable[[], object], device: str) -> int | None:
         del out
         return peak
     try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
         rss = _status_kib("VmRSS")
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         out = fn()
