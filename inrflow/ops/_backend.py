@@ -39,10 +39,11 @@ def _forced() -> str | None:
 
 
 # torch.compile traces ContextVar.get (and guards on it) from torch 2.14 on. Older Dynamo cannot,
-# so there the override is read once at trace time and baked into the compiled graph: a
+# so there the override is read once at trace time and baked into the compiled graph (what
+# torch.compiler.assume_constant_result does, without importing torch._dynamo here): a
 # `use_backend` block entered *after* compiling does not change already-compiled code.
 if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14):
-    _forced = torch.compiler.assume_constant_result(_forced)
+    _forced._dynamo_marked_constant = True  # type: ignore[attr-defined]
 
 
 def _check_name(name: object, source: str) -> str:
