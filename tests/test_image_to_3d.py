@@ -153,8 +153,8 @@ def test_token_conditioned_samples_have_the_right_class(trained) -> None:
     noise = torch.randn(n, POINTS, 3, generator=torch.Generator().manual_seed(5))
     g = torch.Generator().manual_seed(6)
     common = dict(noise=noise, progress=False)
-    conditioned = sample(model, None, None, 25, "euler", 2.0, None, g, cond=cond, **common)
-    unconditioned = sample(model, None, None, 25, "euler", 1.0, None, g, **common)
+    conditioned = sample(model, None, None, 10, "euler", 2.0, None, g, cond=cond, **common)
+    unconditioned = sample(model, None, None, 10, "euler", 1.0, None, g, **common)
     acc_cond = (classify(conditioned) == labels).float().mean().item()
     acc_uncond = (classify(unconditioned) == labels).float().mean().item()
     # unconditional samples follow the 50/50 mixture; the tokens must pick the class
