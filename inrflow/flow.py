@@ -76,6 +76,7 @@ def cicfm_loss(
     labels: torch.Tensor | None = None,
     *,
     cond: torch.Tensor | None = None,
+    force_drop: torch.Tensor | None = None,
     num_context: int | None = None,
     time_dist: str = "logit_normal",
     t: torch.Tensor | None = None,
@@ -97,6 +98,8 @@ def cicfm_loss(
         coords: ``[B, N, d]`` (ignored, may be None, for models with ``coords_are_values``).
         values: ``[B, N, c]`` clean data ``x1``.
         labels: ``[B]`` class labels (dropped to the null class inside the model, 10%).
+        cond: ``[B, M, cond_dim]`` condition tokens; ``force_drop`` ``[B]`` bool replaces a
+            sample's labels and tokens by the null ones (the trainer draws it per sample).
         t, noise: fix the time ``[B]`` and the noise ``[B, N, c]`` (tests); drawn otherwise.
         query_index, context_index: ``[B, Q]`` / ``[B, M]`` indices into the N pairs that fix
             the query and context subsets (the trainer draws them per sample, so a sample's
@@ -136,5 +139,6 @@ def cicfm_loss(
     if idx is not None:
         q_values, target = _take(xt, idx), _take(target, idx)
         q_coords = _take(coords, idx) if coords is not None else None
-    pred = model(ctx_coords, ctx_values, t, q_coords, q_values, labels=labels, cond=cond)
+    kw = {} if force_drop is None else {"force_drop": force_drop}
+    pred = model(ctx_coords, ctx_values, t, q_coords, q_values, labels=labels, cond=cond, **kw)
     return (pred.float() - target.float()).square().mean()

@@ -15,6 +15,7 @@ from .images import ImageFolderDataset
 from .io import save_image_grid, save_ply
 from .loader import FlowCollate, StreamSampler, build_loader, mix_seed
 from .pointclouds import NORMALIZATIONS, PointCloudDataset
+from .proteins import ProteinDataset, bundled_protein_files, parse_structure
 
 __all__ = [
     "BUNDLED",
@@ -25,13 +26,16 @@ __all__ = [
     "FlowCollate",
     "ImageFolderDataset",
     "PointCloudDataset",
+    "ProteinDataset",
     "ShapesDataset",
     "StreamSampler",
     "UnreadableFileError",
     "build_dataset",
     "build_loader",
+    "bundled_protein_files",
     "digits_classifier_accuracy",
     "mix_seed",
+    "parse_structure",
     "save_image_grid",
     "save_ply",
 ]
@@ -45,13 +49,26 @@ def build_dataset(
     hflip: bool = True,
     channels: int = 3,
     normalization: str = "shape_bbox",
+    task: str | None = None,
+    max_residues: int | None = None,
+    residue_embeddings: str | None = None,
+    split: str = "all",
 ) -> CoordinateDataset:
-    """The dataset named by ``spec``: ``digits``, ``shapes``, a folder of images (subfolders =
-    classes), or a folder/stack file of point clouds (.npy/.npz).
+    """The dataset named by ``spec``: ``digits``, ``shapes``, ``proteins`` (the bundled
+    structures), a folder of images (subfolders = classes), a folder/stack file of point clouds
+    (.npy/.npz), or a folder of PDB/mmCIF files (or any path with ``task="protein"``).
 
+    ``split`` (proteins): ``all``, ``train`` or ``test`` (every 10th chain held out).
     A path that does not exist or holds no usable files raises at once, with the path.
     """
     name = str(spec)
+    if name == "proteins" or task == "protein" or _holds_structures(Path(name).expanduser()):
+        return ProteinDataset(
+            name,
+            max_residues=max_residues,
+            residue_embeddings=residue_embeddings,
+            split=split,
+        )
     if name == "digits":
         return DigitsDataset(resolution or 8)
     if name == "shapes":
@@ -69,6 +86,22 @@ def build_dataset(
             ".npy/.npz stack of point clouds"
         )
     return ImageFolderDataset(path, resolution or 256, hflip=hflip, channels=channels)
+
+
+def _holds_structures(path: Path) -> bool:
+    from .proteins import _is_structure
+
+    if not path.exists():
+        return False
+    if path.is_file():
+        return _is_structure(path.name)
+    for _dirpath, _dirs, files in os.walk(path, followlinks=True):
+        for f in files:
+            if _is_structure(f):
+                return True
+            if f.lower().endswith((".npy", ".npz", ".jpg", ".jpeg", ".png", ".bmp", ".webp")):
+                return False
+    return False
 
 
 def _holds_point_clouds(path: Path) -> bool:

@@ -37,11 +37,12 @@ class CoordinateDataset(Dataset):
     """Base class: subclasses set the attributes below and implement :meth:`load`.
 
     Attributes:
-        domain: ``"image"`` or ``"pointcloud"`` (selects the model preset family).
+        domain: ``"image"``, ``"pointcloud"`` or ``"protein"`` (the model preset family).
         num_classes: number of class labels (0: unconditional data).
         value_dim, coord_dim: widths of values and coordinates.
         shape: the pixel grid ``(H, W)`` of images, or ``(num_points,)`` for point clouds.
         class_names: one name per class (for logs and sample grids).
+        cond_dim: width of the items' condition tokens ``cond`` ``[M, cond_dim]`` (0: none).
     """
 
     domain: str = "image"
@@ -50,6 +51,7 @@ class CoordinateDataset(Dataset):
     coord_dim: int = 2
     shape: tuple[int, ...] = ()
     class_names: tuple[str, ...] = ()
+    cond_dim: int = 0
     max_consecutive_failures: int = 50
 
     def __len__(self) -> int:

@@ -29,7 +29,7 @@ __all__ = [
     "digits_classifier_accuracy",
 ]
 
-BUNDLED = ("digits", "shapes")
+BUNDLED = ("digits", "shapes", "proteins")  # proteins: see inrflow.data.proteins
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray]:

@@ -98,8 +98,10 @@ class StreamSampler(Sampler):
 class FlowCollate:
     """Stacks items and adds the per-sample flow-matching draws from each item's seed.
 
-    Output keys: ``values`` [B, N, c], ``coords`` [B, N, d] (images only), ``labels`` [B]
-    (classes, ``num_classes`` where dropped for CFG; absent when unconditional), ``t`` [B],
+    Output keys: ``values`` [B, N, c], ``coords`` [B, N, d] (not for point clouds), ``labels``
+    [B] (classes, ``num_classes`` where dropped for CFG; absent when unconditional), ``cond``
+    [B, M, Dc] condition tokens and ``cond_drop`` [B] (samples whose tokens the model replaces
+    by its null token, probability ``label_dropout``) when the items carry tokens, ``t`` [B],
     ``noise`` [B, N, c], ``query_index`` [B, Q] / ``context_index`` [B, M] (absent when all
     pairs are used), ``skipped`` (unreadable files passed over, a scalar).
     """
@@ -128,6 +130,8 @@ class FlowCollate:
         q = self.num_queries if self.num_queries is not None and self.num_queries < n else None
         m = self.num_context if self.num_context is not None and self.num_context < n else None
         t, noise, drop = torch.empty(b), torch.empty(b, n, c), torch.zeros(b, dtype=torch.bool)
+        has_cond = "cond" in items[0]
+        cond_drop = torch.zeros(b, dtype=torch.bool)
         q_idx = torch.empty(b, q, dtype=torch.long) if q else None
         c_idx = torch.empty(b, m, dtype=torch.long) if m else None
         for i, it in enumerate(items):
@@ -139,6 +143,8 @@ class FlowCollate:
             if c_idx is not None:
                 c_idx[i] = torch.rand(n, generator=g).topk(m, sorted=False).indices
             drop[i] = bool(torch.rand(1, generator=g)[0] < self.label_dropout)
+            if has_cond:  # drawn last: streams without tokens are unchanged
+                cond_drop[i] = bool(torch.rand(1, generator=g)[0] < self.label_dropout)
         out.update(t=t, noise=noise)
         if q_idx is not None:
             out["query_index"] = q_idx
@@ -147,6 +153,9 @@ class FlowCollate:
         if self.num_classes > 0:
             labels = torch.stack([torch.as_tensor(it["label"]).long() for it in items])
             out["labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        if has_cond:
+            out["cond"] = torch.stack([torch.as_tensor(it["cond"]).float() for it in items])
+            out["cond_drop"] = cond_drop
         out["skipped"] = torch.tensor(sum(int(it["skipped"]) for it in items))
         return out
 

@@ -16,6 +16,7 @@ __all__ = ["NORMALIZATIONS", "PointCloudDataset", "normalize_points", "subsample
 NORMALIZATIONS = ("shape_bbox", "shape_unit", "none")
 POINT_EXTENSIONS = (".npy", ".npz")
 NPZ_KEYS = ("points", "xyz", "pc", "pointcloud", "arr_0")
+COND_KEYS = ("cond", "tokens", "condition")  # [M, Dc] condition tokens (image-to-3D)
 
 
 def normalize_points(points: np.ndarray, mode: str) -> np.ndarray:
@@ -45,10 +46,31 @@ def subsample(points: np.ndarray, num: int, rng: np.random.Generator) -> np.ndar
     return points[idx]
 
 
+def _read_cond(path: str, shape_index: int | None) -> np.ndarray | None:
+    """The condition tokens ``[M, Dc]`` stored next to a cloud in an .npz (None: none)."""
+    if not path.endswith(".npz"):
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        key = next((k for k in COND_KEYS if k in z.files), None)
+        if key is None:
+            return None
+        arr = z[key] if shape_index is None else z[key][shape_index]
+    arr = np.asarray(arr, dtype=np.float32)
+    if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ValueError(f"condition tokens must be [M, Dc], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("the condition tokens contain NaN or inf")
+    return arr
+
+
 def _read_points(path: str, shape_index: int | None) -> np.ndarray:
     if path.endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
             key = next((k for k in NPZ_KEYS if k in z.files), None)
+            if key is None:
+                z_files = [f for f in z.files if f not in COND_KEYS]
+                if len(z_files) == 1:
+                    key = z_files[0]
             if key is None:
                 if len(z.files) != 1:
                     raise ValueError(f"no array named one of {NPZ_KEYS} in {path} ({z.files})")
@@ -73,7 +95,15 @@ class PointCloudDataset(CoordinateDataset):
     are at least two) or one file holding a stack ``[S, M, 3]`` of shapes. Each item is one
     shape normalised with ``normalization`` and subsampled to ``num_points`` points using the
     item's seed. Values are the xyz; point clouds have no separate coordinates.
+
+    Image-conditioned 3D: an .npz that also holds condition tokens ``[M, Dc]`` under ``cond``
+    (or ``tokens``/``condition``; ``[S, M, Dc]`` beside a stack), as produced by any image
+    encoder, gives items a ``cond`` entry. The first file decides: when it has tokens every
+    file must have them, of the same shape ``[M, Dc]`` (``cond_tokens``, ``cond_dim``).
     """
+
+    cond_dim: int = 0
+    cond_tokens: int = 0
 
     domain = "pointcloud"
     coord_dim = 3
@@ -109,6 +139,9 @@ class PointCloudDataset(CoordinateDataset):
         if not entries:
             raise ValueError(f"no point clouds ({', '.join(POINT_EXTENSIONS)}) under {str(root)!r}")
         self.entries = entries
+        first = _read_cond(entries[0][0], entries[0][1])
+        if first is not None:
+            self.cond_tokens, self.cond_dim = first.shape
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -121,7 +154,21 @@ class PointCloudDataset(CoordinateDataset):
         path, i, label = self.entries[index]
         pts = normalize_points(_read_points(path, i), self.normalization)
         pts = subsample(pts, self.num_points, rng)
-        return {"values": self._tensor(pts), "label": torch.tensor(label)}
+        item = {"values": self._tensor(pts), "label": torch.tensor(label)}
+        if self.cond_dim:
+            item["cond"] = self._tensor(self.condition(index))
+        return item
+
+    def condition(self, index: int) -> np.ndarray:
+        """The condition tokens ``[M, Dc]`` of item ``index`` (for sampling with its image)."""
+        path, i, _ = self.entries[index]
+        cond = _read_cond(path, i)
+        if cond is None or cond.shape != (self.cond_tokens, self.cond_dim):
+            raise ValueError(
+                f"expected condition tokens [{self.cond_tokens}, {self.cond_dim}], got "
+                f"{None if cond is None else cond.shape}"
+            )
+        return cond
 
 
 def _stack_size(path: Path) -> int:
@@ -130,7 +177,8 @@ def _stack_size(path: Path) -> int:
         raise ValueError(f"{name!r} is not a .npy/.npz file")
     if name.endswith(".npz"):
         with np.load(name, allow_pickle=False) as z:
-            key = next((k for k in NPZ_KEYS if k in z.files), z.files[0] if z.files else None)
+            rest = [f for f in z.files if f not in COND_KEYS]
+            key = next((k for k in NPZ_KEYS if k in z.files), rest[0] if rest else None)
             if key is None:
                 raise ValueError(f"{name!r} holds no arrays")
             shape = z[key].shape

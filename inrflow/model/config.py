@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 ENCODERS = ("local", "perceiver", "linear")
 ENCODER_FORMS = ("folded", "unfolded")
-PSEUDO_COORDS = ("grid", "random", "kmeans++", "hash")
+PSEUDO_COORDS = ("grid", "random", "kmeans++", "hash", "residue")
+COND_NULLS = ("learned", "zeros")
 DOMAINS = ("image", "pointcloud", "protein")
 
 
@@ -50,6 +51,16 @@ class INRFlowConfig:
     lloyd_steps: int = 0  # Lloyd iterations after the kmeans++ seeding
     pseudo_seed: int = 0  # seeds random / kmeans++ pseudo-coordinates and the hash
     hash_resolution: int = 16  # voxels per axis of the spatial hash
+    # "residue" grouping (proteins): coordinate channel 0 holds the residue's position as the
+    # centre of cell i of a 1-D grid of num_latents cells on [coord_low, coord_high], so latent i
+    # groups exactly the atoms of residue i (see inrflow.data.proteins.residue_position).
+    # Decoder queries also read their own group's latent (an atom its residue's latent).
+    query_reads_group: bool = False
+    # Learned residue-type table: the LAST coordinate channel holds an integer type in
+    # [0, residue_vocab) that is replaced by a learned residue_embed_dim-wide embedding
+    # (0: off, e.g. when precomputed per-residue embeddings are part of the coordinates).
+    residue_vocab: int = 0
+    residue_embed_dim: int = 16
 
     # --- positional features -------------------------------------------------------------------
     # Absolute coordinates (decoder queries, perceiver tokens, latent positions): frequencies
@@ -69,6 +80,11 @@ class INRFlowConfig:
     class_dropout: float = 0.1
     cond_dim: int = 0  # width of optional condition tokens (0 = none), e.g. 774 for image-to-3D
     cond_dropout: float = 0.1
+    cond_null: str = "learned"  # CFG null condition token: learned | zeros (fixed)
+    # tokens per sample of the training data: an unconditional request (cond=None) gets this
+    # many null tokens, as dropped samples had in training (it matters when the trunk's
+    # cross-attention also reads the context tokens); 0: one
+    cond_tokens: int = 0
     trunk_reads_context: bool = False  # every trunk block cross-attends to the context tokens
     time_freq_dim: int = 256
     time_scale: float = 1000.0  # t in [0, 1] is scaled before the sinusoids (DiT uses 0..1000)
@@ -98,18 +114,35 @@ class INRFlowConfig:
         if min(self.depth, self.decoder_layers, self.num_latents) < 1:
             bad("depth, decoder_layers and num_latents must be >= 1")
         if self.latent_grid is not None:
-            if len(self.latent_grid) != self.coord_dim:
+            if len(self.latent_grid) != self.feature_dim:
                 bad(f"latent_grid {self.latent_grid} must have coord_dim={self.coord_dim} axes")
             if math.prod(self.latent_grid) != self.num_latents:
                 bad(f"latent_grid {self.latent_grid} must multiply to num_latents")
         if self.rope and not self.has_latent_positions:
             bad("rope needs latent positions (local/linear encoder with grid, random or kmeans++)")
-        if self.rope and self.head_dim < 2 * self.coord_dim:
+        if self.rope and self.head_dim < 2 * self.feature_dim:
             bad(f"rope needs head_dim >= 2 * coord_dim, got {self.head_dim}")
-        if self.num_freqs is None and self.hidden % (2 * self.coord_dim):
+        if self.num_freqs is None and self.hidden % (2 * self.feature_dim):
             bad(f"num_freqs=None needs 2*coord_dim to divide hidden ({self.hidden}); set num_freqs")
         if self.num_classes < 0 or self.cond_dim < 0:
             bad("num_classes and cond_dim must be >= 0")
+        if self.cond_null not in COND_NULLS:
+            bad(f"cond_null must be one of {COND_NULLS}, got {self.cond_null!r}")
+        if self.pseudo_coords == "residue" and self.coords_are_values:
+            bad("residue grouping needs coordinates separate from the values")
+        if self.query_reads_group and not self.grouped:
+            bad("query_reads_group needs a grouping encoder (local or linear)")
+        if self.residue_vocab < 0 or (self.residue_vocab and self.residue_embed_dim < 1):
+            bad("residue_vocab must be >= 0 and residue_embed_dim >= 1")
+        if self.residue_vocab and self.coord_dim < 2:
+            bad("residue_vocab needs coord_dim >= 2 (the last channel is the residue type)")
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the coordinates inside the model (after the residue-type embedding)."""
+        if self.residue_vocab:
+            return self.coord_dim - 1 + self.residue_embed_dim
+        return self.coord_dim
 
     @property
     def head_dim(self) -> int:
@@ -129,7 +162,7 @@ class INRFlowConfig:
         """Latent grid for ``pseudo_coords='grid'``: ``latent_grid`` or balanced factors of K."""
         if self.latent_grid is not None:
             return tuple(self.latent_grid)
-        return balanced_factors(self.num_latents, self.coord_dim)
+        return balanced_factors(self.num_latents, self.feature_dim)
 
     def replace(self, **overrides) -> INRFlowConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
@@ -194,7 +227,7 @@ _SHAPES: dict[str, dict[str, dict]] = {
         "XL": dict(depth=28, hidden=1152, heads=16, decoder_layers=1, cond_dim=774),
     },
 }
-_SHAPES["protein"] = {  # image shapes; no RoPE (the perceiver latents have no positions)
+_SHAPES["protein"] = {  # image shapes; no RoPE (residue latents have a 1-D position only)
     k: {f: x for f, x in v.items() if f != "rope"} for k, v in _SHAPES["image"].items()
 }
 
@@ -221,13 +254,18 @@ _DOMAIN_DEFAULTS: dict[str, dict] = {
         max_log2=9.0,
         freq_scale=1.0,
     ),
-    # Atom features -> xyz. Override coord_dim with the feature width of your data.
+    # Atom features -> xyz (inrflow.data.proteins). One latent per residue (residue grouping),
+    # each atom decoded with its own residue's latent; the last coordinate channel is the
+    # residue type of a learned table. coord_dim is set from the data by the trainer.
     "protein": dict(
-        coord_dim=64,
+        coord_dim=24,
         value_dim=3,
         coord_low=-1.0,
         coord_high=1.0,
-        encoder="perceiver",
+        encoder="local",
+        pseudo_coords="residue",
+        query_reads_group=True,
+        residue_vocab=21,
         num_freqs=4,
         max_log2=2.0,
         freq_scale=1.0,

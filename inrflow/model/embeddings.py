@@ -122,20 +122,30 @@ class LabelEmbedder(nn.Module):
 
 
 class CondEmbedder(nn.Module):
-    """Condition tokens ``[B, M, cond_dim]`` -> ``[B, M, H]`` with a learned null token for CFG."""
+    """Condition tokens ``[B, M, cond_dim]`` -> ``[B, M, H]``; dropped samples (CFG) get every
+    token replaced by a null token, learned or fixed at zero (``learned_null=False``)."""
 
-    def __init__(self, cond_dim: int, hidden: int, dropout: float) -> None:
+    def __init__(
+        self, cond_dim: int, hidden: int, dropout: float, learned_null: bool = True
+    ) -> None:
         super().__init__()
-        self.dropout = dropout
-        self.null = nn.Parameter(torch.empty(cond_dim))
+        self.dropout, self.learned_null = dropout, learned_null
+        if learned_null:
+            self.null = nn.Parameter(torch.empty(cond_dim))
+        else:  # a zero buffer: persistent so checkpoints of either kind load alike
+            self.register_buffer("null", torch.zeros(cond_dim))
         self.mlp = nn.Sequential(
             nn.Linear(cond_dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, hidden)
         )
 
+    def reset_buffers(self) -> None:
+        if not self.learned_null and not self.null.is_meta:
+            self.null.zero_()
+
     def forward(self, cond: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
         if drop is not None:
             cond = torch.where(drop[:, None, None], self.null.to(cond.dtype), cond)
-        return self.mlp(cond.to(self.null.dtype))
+        return self.mlp(cond.to(self.mlp[0].weight.dtype))
 
 
 class Mlp(nn.Module):

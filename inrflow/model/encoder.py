@@ -42,7 +42,7 @@ class _GroupedEncoder(nn.Module):
         h = cfg.hidden
         self.num_latents = cfg.num_latents
         self.value_embed = ValueEmbedder(cfg.value_dim, h)
-        self.rel_pos = FourierFeatures(cfg.coord_dim, h, cfg.rel_num_freqs, cfg.rel_max_log2)
+        self.rel_pos = FourierFeatures(cfg.feature_dim, h, cfg.rel_num_freqs, cfg.rel_max_log2)
         self.norm = _norm(h)
         self.mlp = Mlp(h, h)
 
@@ -67,7 +67,7 @@ class LocalEncoder(_GroupedEncoder):
         self.heads, self.form = cfg.encoder_heads, cfg.encoder_form
         self.latent = nn.Parameter(torch.empty(cfg.num_latents, h))
         self.latent_pos = (
-            FourierFeatures(cfg.coord_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
+            FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
             if cfg.has_latent_positions
             else None
         )
@@ -141,7 +141,7 @@ class PerceiverEncoder(nn.Module):
         super().__init__()
         h = cfg.hidden
         self.value_embed = ValueEmbedder(cfg.value_dim, h)
-        self.pos = FourierFeatures(cfg.coord_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
+        self.pos = FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
         self.latent = nn.Parameter(torch.empty(cfg.num_latents, h))
         self.norm1, self.norm2 = _norm(h), _norm(h)
         self.attn = CrossAttention(h, cfg.heads, qk_norm=cfg.qk_norm)

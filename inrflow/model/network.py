@@ -49,13 +49,18 @@ class INRFlow(nn.Module):
             LabelEmbedder(cfg.num_classes, h, cfg.class_dropout) if cfg.num_classes > 0 else None
         )
         self.cond_embed = (
-            CondEmbedder(cfg.cond_dim, h, cfg.cond_dropout) if cfg.cond_dim > 0 else None
+            CondEmbedder(cfg.cond_dim, h, cfg.cond_dropout, learned_null=cfg.cond_null == "learned")
+            if cfg.cond_dim > 0
+            else None
+        )
+        self.residue_embed = (
+            nn.Embedding(cfg.residue_vocab, cfg.residue_embed_dim) if cfg.residue_vocab else None
         )
         self.grouping = (
             LatentGrouping(
                 cfg.pseudo_coords,
                 cfg.num_latents,
-                cfg.coord_dim,
+                cfg.feature_dim,
                 cfg.coord_low,
                 cfg.coord_high,
                 grid_shape=cfg.grid_shape() if cfg.pseudo_coords == "grid" else None,
@@ -69,7 +74,7 @@ class INRFlow(nn.Module):
         )
         self.encoder = build_encoder(cfg)
         self.latent_pos = (
-            FourierFeatures(cfg.coord_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
+            FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
             if cfg.has_latent_positions
             else None
         )
@@ -80,8 +85,10 @@ class INRFlow(nn.Module):
         )
         self.query_value = ValueEmbedder(cfg.value_dim, h)
         self.query_pos = FourierFeatures(
-            cfg.coord_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale
+            cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale
         )
+        # an atom (query) reads its own residue's (group's) latent directly
+        self.query_group = nn.Linear(h, h) if cfg.query_reads_group else None
         self.decoder = nn.ModuleList(
             DecoderBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm)
             for _ in range(cfg.decoder_layers)
@@ -114,8 +121,10 @@ class INRFlow(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
         if self.y_embed is not None:
             nn.init.normal_(self.y_embed.table.weight, std=0.02)
-        if self.cond_embed is not None:
+        if self.cond_embed is not None and self.cond_embed.learned_null:
             nn.init.normal_(self.cond_embed.null, std=0.02)
+        if self.residue_embed is not None:
+            nn.init.normal_(self.residue_embed.weight, std=0.5)
         if hasattr(self.encoder, "latent"):  # learned latent array (local, perceiver)
             nn.init.normal_(self.encoder.latent, std=0.02)
         for blk in self.blocks:  # ungated cross-attention starts closed
@@ -160,7 +169,15 @@ class INRFlow(nn.Module):
             )
         if coords.device != values.device:
             raise ValueError(f"{what}_coords on {coords.device}, {what}_values on {values.device}")
-        return coords, values
+        return self._features(coords), values
+
+    def _features(self, coords: torch.Tensor) -> torch.Tensor:
+        """Input coordinates -> model features: the residue-type channel becomes its embedding."""
+        if self.residue_embed is None:
+            return coords
+        kind = coords[..., -1].round().long().clamp_(0, self.config.residue_vocab - 1)
+        emb = self.residue_embed(kind).to(coords.dtype)
+        return torch.cat([coords[..., :-1], emb], dim=-1)
 
     def _conditioning(self, t, labels, cond, force_drop, b, device):
         cfg = self.config
@@ -188,7 +205,7 @@ class INRFlow(nn.Module):
         memory = None
         if self.cond_embed is not None:
             if cond is None:
-                cond = self.cond_embed.null.expand(b, 1, -1)
+                cond = self.cond_embed.null.expand(b, max(1, cfg.cond_tokens), -1)
                 drop = None
             else:
                 if cond.dim() != 3 or cond.shape[0] != b or cond.shape[-1] != cfg.cond_dim:
@@ -281,6 +298,10 @@ class INRFlow(nn.Module):
     def _decode(self, enc: Encoded, coords: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         ve = self.query_value(values)  # [B, Q, H]
         x = ve + self.query_pos(coords).to(ve.dtype)
+        if self.query_group is not None:
+            idx, _ = self.grouping.assign(coords)  # [B, Q]
+            own = enc.latents.gather(1, idx.unsqueeze(-1).expand(-1, -1, enc.latents.shape[-1]))
+            x = x + self.query_group(own).to(x.dtype)
         for blk, mod, kv in zip(self.decoder, enc.dec_mods, enc.dec_kv, strict=True):
             x = blk(x, mod, kv)
         return self.final(torch.cat([x, ve], dim=-1), enc.final_mod)  # [B, Q, c]

@@ -1,7 +1,9 @@
 """Pseudo-coordinates of the spatial-aware latents and the assignment of points to latents.
 
 The generators (``grid``, ``random``, ``kmeans++``, ``hash``) live in
-:mod:`inrflow.ops.pseudo_coords` and are re-exported here. Assignment is by nearest
+:mod:`inrflow.ops.pseudo_coords` and are re-exported here. ``residue`` (proteins): channel 0 of a
+coordinate is the centre of cell i of a 1-D grid of K cells, latent i groups residue i's atoms;
+its pseudo-coordinate is that centre with the other channels 0. Assignment is by nearest
 pseudo-coordinate through ``inrflow.ops`` (``grid_assign`` for grids, ``nearest_assign``
 otherwise), i.e. the fused kernels whenever the extension has them for the device.
 """
@@ -67,6 +69,8 @@ class LatentGrouping(nn.Module):
             self.spacing = [extent / n for n in self.grid_shape]
         elif kind == "hash":
             self.spacing = [extent / hash_resolution] * dim
+        elif kind == "residue":  # residue cells along channel 0; features keep their own scale
+            self.spacing = [extent / num_latents] + [1.0] * (dim - 1)
         else:  # random, kmeans++: the mean spacing of K points in the domain
             self.spacing = [extent / num_latents ** (1.0 / dim)] * dim
         self.register_buffer("centers", torch.empty(num_latents, dim), persistent=False)
@@ -87,6 +91,9 @@ class LatentGrouping(nn.Module):
             c = kmeans_pp_centers(k, d, lo, hi, self.seed, self.kmeans_sample, self.lloyd_steps)
         elif self.kind == "hash":
             c = torch.zeros(k, d)  # latents of a hash have no position
+        elif self.kind == "residue":
+            c = torch.zeros(k, d, dtype=torch.float64)
+            c[:, 0] = ops.grid_centers((k,), lo, hi)[:, 0].double()
         else:
             raise ValueError(f"unknown pseudo-coordinates {self.kind!r}")
         self.centers = c.to(device=self.centers.device, dtype=torch.float32).reshape(k, d)
@@ -112,6 +119,8 @@ class LatentGrouping(nn.Module):
         else:
             if self.kind == "grid":
                 idx = ops.grid_assign(coords, self.grid_shape, self.low, self.high)
+            elif self.kind == "residue":
+                idx = ops.grid_assign(coords[..., :1], (self.num_latents,), self.low, self.high)
             else:
                 idx = ops.nearest_assign(coords, self.centers.to(coords.dtype))
             idx = idx.long()

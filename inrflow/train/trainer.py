@@ -65,22 +65,41 @@ def dataset_info(ds: CoordinateDataset) -> dict[str, Any]:
         "coord_dim": ds.coord_dim,
         "num_classes": ds.num_classes,
         "class_names": list(ds.class_names),
+        "cond_dim": int(getattr(ds, "cond_dim", 0)),
+        **(
+            {
+                "max_residues": ds.max_residues,
+                "position_scale": ds.position_scale,
+                "residue_embeddings": ds.embeddings_path,
+            }
+            if ds.domain == "protein"
+            else {}
+        ),
     }
 
 
 def model_config_for(cfg: TrainConfig, ds: CoordinateDataset) -> INRFlowConfig:
     """The preset ``cfg.size`` of the dataset's domain, fitted to the data, with overrides.
 
-    Label dropout is done by the data pipeline (per sample, from its seed), so the model's own
-    random dropout is switched off (``class_dropout=0``; the null-class row still exists).
+    Label and condition-token dropout are done by the data pipeline (per sample, from its
+    seed), so the model's own random dropout is switched off (``class_dropout=0``,
+    ``cond_dropout=0``; the null class and null token still exist). Proteins: one latent per
+    residue and the dataset's feature width and residue-type table.
     """
     domain = cfg.task or ds.domain
     num_classes = ds.num_classes if cfg.class_conditional else 0
     fitted: dict[str, Any] = {"value_dim": ds.value_dim, "num_classes": num_classes}
     if domain == "protein":
         fitted["coord_dim"] = ds.coord_dim
+        if ds.domain == "protein":
+            fitted["num_latents"] = ds.max_residues
+            fitted["residue_vocab"] = ds.residue_vocab
+    if getattr(ds, "cond_dim", 0):
+        fitted["cond_dim"] = ds.cond_dim
+        fitted["cond_tokens"] = ds.cond_tokens
     fitted.update(cfg.model)
     fitted["class_dropout"] = 0.0
+    fitted["cond_dropout"] = 0.0
     return get_config(cfg.size, domain, **fitted)
 
 
@@ -116,6 +135,10 @@ class Trainer:
             hflip=cfg.hflip,
             channels=cfg.channels,
             normalization=cfg.normalization,
+            task=cfg.task,
+            max_residues=cfg.max_residues,
+            residue_embeddings=cfg.residue_embeddings,
+            split="train",  # proteins: every 10th chain is held out for the final evaluation
         )
         self.checkpoints = CheckpointManager(
             self.out / "checkpoints", d, keep=cfg.keep_ckpts, checksums=cfg.verify_checksums
@@ -306,6 +329,8 @@ class Trainer:
             batch["values"],
             None,
             batch.get("labels"),
+            cond=batch.get("cond"),
+            force_drop=batch.get("cond_drop"),
             t=batch["t"],
             noise=batch["noise"],
             query_index=batch.get("query_index"),
@@ -512,6 +537,12 @@ class Trainer:
                 batch_size=num,
                 progress=False,
             )
+        cond = None
+        if getattr(info, "cond_dim", 0):  # image-to-3D: the tokens of the first items
+            cond = torch.stack(
+                [torch.from_numpy(info.condition(i % len(info))) for i in range(num)]
+            ).to(self.device)
+            guided = cfg.cfg_scale != 1.0
         noise = torch.randn(num, info.shape[0], info.value_dim, generator=g, device=self.device)
         return sample(
             model,
@@ -522,6 +553,7 @@ class Trainer:
             cfg.cfg_scale if guided else 1.0,
             labels,
             g,
+            cond=cond,
             noise=noise,
             progress=False,
         )
@@ -534,6 +566,8 @@ class Trainer:
         self, logger: MetricLogger | None = None, num: int | None = None
     ) -> Path | None:
         """EMA samples of the current step: a PNG grid (images) or PLY files (point clouds)."""
+        if self.dataset.domain == "protein":
+            return self._evaluate_proteins(f"step_{self.step:09d}", logger)
         model = self.sample_model()
         if model is None:
             return None
@@ -568,7 +602,11 @@ class Trainer:
             if png is not None:
                 self._say(f"loss curve: {png}")
                 result["loss_plot"] = str(png)
-        if self.cfg.final_samples > 0:
+        if self.dataset.domain == "protein":
+            path = self._evaluate_proteins("final", logger, result)
+            if path is not None:
+                result["samples"] = str(path)
+        elif self.cfg.final_samples > 0:
             model = self.sample_model()
             if model is not None:
                 num = self.cfg.final_samples
@@ -606,6 +644,50 @@ class Trainer:
                     (self.out / "final_scores.json").write_text(json.dumps(scores, indent=1))
         self.dist.barrier()
         return result
+
+    def _evaluate_proteins(
+        self, tag: str, logger: MetricLogger | None, result: dict[str, Any] | None = None
+    ) -> Path | None:
+        """Sample one structure per held-out chain with the EMA weights; score and write PDBs.
+
+        A collective (EMA gather); the work and the files are rank 0's.
+        """
+        from inrflow.folding import evaluate_structures
+
+        heldout = self.dataset.heldout() if self.dataset.split == "train" else None
+        if heldout is None or len(heldout) == 0:
+            self._say("no held-out protein chains to evaluate")
+            return None
+        model = self.sample_model()
+        if model is None:
+            return None
+        folder = self.out / "samples" / tag
+        t0 = time.perf_counter()
+        with nvtx_range("sample"):
+            scores = evaluate_structures(
+                model,
+                heldout,
+                steps=self.cfg.sample_steps,
+                method=self.cfg.sample_method,
+                seed=self.cfg.seed + 1,
+                out_dir=folder,
+            )
+        seconds = time.perf_counter() - t0
+        msg = (
+            f"step {self.step}: held-out chains ({len(heldout)}): Cα lDDT "
+            f"{scores['lddt_ca']:.3f}, TM-score {scores['tm_score']:.3f} "
+            f"({self.cfg.sample_method}, {self.cfg.sample_steps} steps, {seconds:.0f} s); "
+            f"PDBs in {folder}"
+        )
+        if logger is not None:
+            logger.write(f"[inrflow] {msg}")
+        else:
+            self._say(msg)
+        if result is not None:
+            result.update(lddt_ca=scores["lddt_ca"], tm_score=scores["tm_score"])
+            result["sample_seconds"] = seconds
+            (self.out / "final_scores.json").write_text(json.dumps(scores, indent=1))
+        return folder
 
     def close(self) -> None:
         self.dist.close()

@@ -1,0 +1,267 @@
+"""Proteins: template atom features, PDB/mmCIF loading, the residue-grouped dataset and model,
+the metrics on real chains, and the train.py/sample.py protein path end to end (tiny)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("Bio.PDB")
+
+from inrflow.data import build_dataset
+from inrflow.data.proteins import (
+    AMINO_ACIDS,
+    FEATURE_NAMES,
+    NUM_ATOM_FEATURES,
+    ProteinDataset,
+    atom_features,
+    bundled_protein_files,
+    parse_structure,
+    write_pdb,
+)
+from inrflow.metrics import lddt, tm_score
+from inrflow.model import build_model
+from inrflow.train.config import parse_args
+
+F = {name: i - 1 for i, name in enumerate(FEATURE_NAMES)}  # index into the atom features
+
+
+def feat(res: str, atom: str, name: str) -> float:
+    atoms, f = atom_features(res)
+    return float(f[atoms.index(atom), F[name]])
+
+
+@pytest.fixture(scope="module")
+def files() -> list[str]:
+    try:
+        return bundled_protein_files()
+    except ImportError:
+        pytest.skip("MDAnalysisTests (the bundled protein set) is not installed")
+
+
+@pytest.fixture(scope="module")
+def dataset(files) -> ProteinDataset:
+    return ProteinDataset(files[:12], split="train")
+
+
+# --- templates -----------------------------------------------------------------------------------
+
+
+def test_template_features_follow_chemistry() -> None:
+    assert len(AMINO_ACIDS) == 20 and len(FEATURE_NAMES) == NUM_ATOM_FEATURES + 1
+    for res in AMINO_ACIDS:
+        atoms, f = atom_features(res)
+        assert atoms[:4] == ("N", "CA", "C", "O") and f.shape == (len(atoms), NUM_ATOM_FEATURES)
+        onehots = [n for n in FEATURE_NAMES if n.startswith(("element_", "hybridisation_"))]
+        el = [F[n] for n in onehots if n.startswith("element_")]
+        hy = [F[n] for n in onehots if n.startswith("hybridisation_")]
+        np.testing.assert_array_equal(f[:, el].sum(1), 1)
+        np.testing.assert_array_equal(f[:, hy].sum(1), 1)
+    # hydrogens (implicit valence / 4), charges, degrees
+    assert feat("LYS", "NZ", "formal_charge") == 1 and feat("LYS", "NZ", "implicit_valence") == 0.75
+    assert feat("ASP", "OD2", "formal_charge") == -1 and feat("GLU", "OE2", "formal_charge") == -1
+    assert feat("GLY", "CA", "implicit_valence") == 0.5  # two H on glycine's CA
+    assert (
+        feat("ALA", "N", "implicit_valence") == 0.25 and feat("PRO", "N", "implicit_valence") == 0
+    )
+    assert feat("PRO", "N", "degree") == 0.75 and feat("ALA", "C", "degree") == 0.75
+    # aromaticity, rings, hybridisation
+    assert feat("PHE", "CZ", "aromatic") == 1 and feat("PHE", "CZ", "num_rings") == 0.5
+    assert feat("PRO", "CG", "aromatic") == 0 and feat("PRO", "CG", "num_rings") == 0.5
+    assert feat("TRP", "CD2", "num_rings") == 1.0 and feat("TRP", "CE2", "num_rings") == 1.0
+    assert feat("HIS", "ND1", "aromatic") == 1
+    for res, atom in [("ALA", "N"), ("ASN", "ND2"), ("ARG", "NE"), ("TYR", "OH"), ("ALA", "O")]:
+        assert feat(res, atom, "hybridisation_sp2") == 1, (res, atom)
+    for res, atom in [("ALA", "CA"), ("LYS", "NZ"), ("SER", "OG"), ("MET", "SD")]:
+        assert feat(res, atom, "hybridisation_sp3") == 1, (res, atom)
+    # Laplacian eigenvectors tell apart the atoms of a residue (up to chemical symmetry)
+    atoms, f = atom_features("LYS")
+    assert len({tuple(np.round(r, 5)) for r in f}) == len(atoms)
+
+
+def test_template_hydrogens_match_real_structures(files) -> None:
+    """The bundled files carry hydrogens: count them per heavy atom (nearest heavy atom within
+    1.3 Å) and compare with the templates on interior residues without ionisable or tautomeric
+    side chains (whose protonation the file may choose differently)."""
+    from Bio.PDB import PDBParser
+
+    skip = {"HIS", "ASP", "GLU", "LYS", "ARG", "CYS", "TYR"}
+    agree = total = used = 0
+    for path in files:
+        with gzip.open(path, "rt") as fh:
+            text = fh.read()
+        if text.count(" HA ") < 20:  # most files were deposited without hydrogens
+            continue
+        used += 1
+        if used > 3:
+            break
+        chain = next(iter(PDBParser(QUIET=True).get_structure("x", io.StringIO(text))[0]))
+        residues = [r for r in chain if r.id[0] == " "]
+        for r in residues[1:-1]:
+            name = r.get_resname()
+            if name in skip or name not in AMINO_ACIDS:
+                continue
+            heavy = [a for a in r if a.element != "H" and not a.get_id().startswith("H")]
+            hyd = [a for a in r if a.element == "H" or a.get_id().startswith("H")]
+            if not hyd:
+                continue
+            hx = np.array([a.coord for a in heavy])
+            counts = dict.fromkeys((a.get_id() for a in heavy), 0)
+            for h in hyd:
+                d = np.linalg.norm(hx - h.coord, axis=1)
+                if d.min() < 1.3:
+                    counts[heavy[int(d.argmin())].get_id()] += 1
+            atoms, f = atom_features(name)
+            for a, c in counts.items():
+                if a in atoms:
+                    total += 1
+                    agree += round(f[atoms.index(a), F["implicit_valence"]] * 4) == c
+    assert total > 500
+    assert agree / total > 0.98, (agree, total)
+
+
+# --- parsing ---------------------------------------------------------------------------------
+
+
+def test_parse_pdb_and_mmcif_agree(files, tmp_path) -> None:
+    from Bio.PDB import MMCIFIO, PDBParser
+
+    c = parse_structure(files[0])
+    assert c.length > 50 and len(c.atom_names) == c.xyz.shape[0] == c.features.shape[0]
+    assert (c.ca >= 0).all() and all(c.atom_names[i] == "CA" for i in c.ca)
+    assert not any(n.startswith("H") for n in c.atom_names)  # heavy atoms only
+    with gzip.open(files[0], "rt") as fh:
+        s = PDBParser(QUIET=True).get_structure("x", fh)
+    writer = MMCIFIO()
+    writer.set_structure(s)
+    writer.save(str(tmp_path / "x.cif"))
+    d = parse_structure(tmp_path / "x.cif")
+    np.testing.assert_array_equal(c.residues, d.residues)
+    np.testing.assert_allclose(c.xyz, d.xyz, atol=1e-3)
+    # our own PDB writer round-trips
+    write_pdb(tmp_path / "w.pdb", c.xyz, c.atom_names, c.residues, c.atom_residue)
+    e = parse_structure(tmp_path / "w.pdb")
+    np.testing.assert_array_equal(c.residues, e.residues)
+    np.testing.assert_allclose(c.xyz, e.xyz, atol=1e-3)
+
+
+# --- dataset ---------------------------------------------------------------------------------
+
+
+def test_dataset_items(dataset: ProteinDataset) -> None:
+    ds = dataset
+    assert len(ds) == 11 and len(ds.heldout()) == 1  # every 10th chain is held out
+    train = {ds.chain(i).name for i in range(len(ds))}
+    assert ds.heldout().chain(0).name not in train
+    it = ds[(3, 42)]
+    assert it["values"].shape == (ds.num_atoms, 3) and it["coords"].shape == (ds.num_atoms, 24)
+    torch.testing.assert_close(ds[(3, 42)]["values"], it["values"])  # a function of the seed
+    assert not torch.equal(ds[(3, 43)]["values"], it["values"])  # another rotation / padding
+    ex = ds.example(3, np.random.default_rng(42))
+    real = ex["num_real"]
+    v = ex["values"].double() * ds.position_scale
+    # centred, rotated: distances are the true ones
+    c = ds.chain(3)
+    assert abs(float(v[:real].mean(0).abs().max())) < 1e-4
+    true = torch.from_numpy(c.xyz)
+    torch.testing.assert_close(
+        torch.cdist(v[:real], v[:real]), torch.cdist(true, true), atol=1e-3, rtol=0
+    )
+    # padding repeats real atoms (same features and positions)
+    coords = ex["coords"]
+    for j in range(real, ds.num_atoms):
+        match = (coords[:real] == coords[j]).all(1) & (ex["values"][:real] == ex["values"][j]).all(
+            1
+        )
+        assert match.any()
+
+
+def test_residue_grouping_puts_each_residue_in_its_latent(dataset: ProteinDataset) -> None:
+    ds = dataset
+    model = build_model("tiny", "protein", coord_dim=ds.coord_dim, num_latents=ds.max_residues)
+    ex = ds.example(0)
+    idx, _ = model.grouping.assign(model._features(ex["coords"][None]))
+    c = ds.chain(0)
+    real = ex["num_real"]
+    np.testing.assert_array_equal(idx[0, :real].numpy(), c.atom_residue[ex["atom_index"]])
+    assert int(idx.max()) < c.length  # latents past the chain's end stay empty
+
+
+def test_cropping_and_precomputed_embeddings(files, tmp_path) -> None:
+    chains = [parse_structure(f) for f in files[:3]]
+    emb = {c.name: np.random.default_rng(0).standard_normal((c.length, 5)) for c in chains}
+    np.savez(tmp_path / "emb.npz", **emb)
+    ds = ProteinDataset(files[:3], max_residues=32, residue_embeddings=tmp_path / "emb.npz")
+    assert ds.coord_dim == 1 + NUM_ATOM_FEATURES + 5 and ds.residue_vocab == 0
+    ex = ds.example(0, np.random.default_rng(1))
+    res = ds.chain(0).atom_residue[ex["atom_index"]]
+    assert res.max() - res.min() < 32  # a window of at most 32 residues
+    np.testing.assert_allclose(
+        ex["coords"][: ex["num_real"], -5:].numpy(), emb[ds.chain(0).name][res], rtol=1e-6
+    )
+    with pytest.raises(KeyError):
+        np.savez(tmp_path / "bad.npz", nothing=np.zeros((3, 5)))
+        ProteinDataset(files[:3], residue_embeddings=tmp_path / "bad.npz")
+    folder = tmp_path / "pdbs"
+    folder.mkdir()
+    for f in files[:2]:
+        shutil.copy(f, folder)
+    found = build_dataset(str(folder))  # recognised by the file suffixes (.pdb.gz)
+    assert isinstance(found, ProteinDataset) and len(found) == 2
+
+
+def test_metrics_on_a_real_chain(files) -> None:
+    c = parse_structure(files[0])
+    ca = torch.from_numpy(c.xyz[c.ca])
+    q, _ = torch.linalg.qr(
+        torch.randn(3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    )
+    moved = ca @ q.T + torch.tensor([5.0, -3.0, 2.0], dtype=torch.float64)
+    assert lddt(ca, ca) == pytest.approx(1.0) and lddt(moved, ca) == pytest.approx(1.0)
+    assert tm_score(moved, ca) == pytest.approx(1.0, abs=1e-6)
+    g = torch.Generator().manual_seed(1)
+    small = ca + 0.5 * torch.randn(ca.shape, dtype=torch.float64, generator=g)
+    large = ca + 3.0 * torch.randn(ca.shape, dtype=torch.float64, generator=g)
+    assert 1.0 > lddt(small, ca) > lddt(large, ca) and 1.0 > tm_score(small, ca) > tm_score(
+        large, ca
+    )
+
+
+# --- train.py / sample.py ------------------------------------------------------------------------
+
+
+def test_task_protein_alone_is_the_bundled_demo() -> None:
+    cfg = parse_args(["--task", "protein"])
+    assert cfg.data == "proteins" and cfg.task == "protein" and cfg.size == "tiny"
+    assert parse_args(["--task", "protein", "--data", "x"]).data == "x"
+
+
+def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
+    from inrflow.sample import main as sample_main
+    from inrflow.train.cli import main as train_main
+
+    data = tmp_path / "pdbs"
+    data.mkdir()
+    for f in files[:10]:  # 9 train chains, 1 held out
+        shutil.copy(f, data)
+    out = tmp_path / "run"
+    argv = ["--preset", "protein", "--data", str(data), "--steps", "3", "--batch-size", "2"]
+    argv += ["--max-residues", "176", "--sample-steps", "2", "--out", str(out), "--no-tensorboard"]
+    assert train_main(argv) == 0
+    scores = json.loads((out / "final_scores.json").read_text())
+    assert set(scores) == {"lddt_ca", "tm_score", "chains"} and len(scores["chains"]) == 1
+    assert 0 <= scores["lddt_ca"] <= 1 and 0 < scores["tm_score"] <= 1
+    (name,) = scores["chains"]
+    assert (out / "samples" / "final" / f"{name}_pred.pdb").exists()
+    pred = tmp_path / "pred"
+    argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
+    assert sample_main([*argv, "--device", "cpu"]) == 0
+    again = json.loads((pred / "scores.json").read_text())
+    assert list(again["chains"]) == [parse_structure(files[0]).name]
+    assert parse_structure(next(pred.glob("*_pred.pdb"))).length == parse_structure(files[0]).length
