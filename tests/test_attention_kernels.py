@@ -437,3 +437,32 @@ def test_emulated_launcher_rejects_bad_arguments() -> None:
     assert ws_fn(0, 0, 2, 4, 2, 2, 0, 8, 0) == -1  # D = 0
     rc = fwd(0, None, None, None, None, None, None, None, 2, 4, 2, 2, 8, 8, 0.5, 0, None)
     assert rc == 1  # cudaErrorInvalidValue
+
+
+# ------------------------------------------------------------------------------------------------
+# Optional third-party backends (GPU only; skipped where they cannot run)
+
+
+def test_optional_backends_are_absent_off_cuda() -> None:
+    from inrflow.ops import attention_backends as ab
+
+    assert ab.available_backends("cpu") == []
+    q, k, v, offsets = make_case([2, 3], 2, 1, 8, 8, torch.float16)
+    with pytest.raises(ValueError, match="unknown attention backend"):
+        ab.grouped_cross_attention_via("nope", q, k, v, offsets)
+    with pytest.raises(RuntimeError, match="not available"):
+        ab.grouped_cross_attention_via("flash_attn", q, k, v, offsets)
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", ["flash_attn", "xformers", "torch_varlen"])
+@pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 1)], ids=["mha", "mqa"])
+def test_optional_backend_matches_reference(backend, hq, hkv) -> None:
+    from inrflow.ops import attention_backends as ab
+
+    if backend not in ab.available_backends("cuda"):
+        pytest.skip(f"{backend} is not installed or not usable here")
+    q, k, v, offsets = make_case([3, 0, 1, 70, 5], hq, hkv, 64, 64, torch.bfloat16, "cuda")
+    out = ab.grouped_cross_attention_via(backend, q, k, v, offsets, 0.125)
+    want, _, _ = ref64(q, k, v, offsets, 0.125)
+    assert_close(out, want, torch.bfloat16, backend)
