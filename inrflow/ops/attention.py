@@ -1,9 +1,14 @@
-"""Grouped (local) cross-attention: public wrapper.
+"""Grouped (local) cross-attention: public wrapper, autograd, fake and FLOP registrations.
 
 Extension schema this wrapper calls when ``inrflow._C`` has a kernel (contract for the kernel):
 ``grouped_cross_attention(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale) -> Tensor``
-(``scale`` is always resolved here). Its autograd and fake registrations belong beside it when
-it lands.
+(``scale`` is always resolved here). Beside it the extension defines
+``grouped_cross_attention_forward(q, k, v, offsets, scale) -> (out, lse)`` and
+``grouped_cross_attention_backward(grad_out, q, k, v, offsets, out, lse, scale) -> (dq, dk, dv)``.
+Autograd of the public op runs through the forward op (so the backward reuses the saved
+log-sum-exp instead of recomputing the softmax statistics); all three have fake kernels (so
+``torch.compile`` traces them) and FLOP formulas for ``FlopCounterMode``. Optional third-party
+GPU backends live in :mod:`inrflow.ops.attention_backends`.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 
 import torch
 
+from inrflow import _extension
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
 from inrflow.profiling import nvtx_range
@@ -102,3 +108,130 @@ def grouped_cross_attention(
         resolved = dim**-0.5 if scale is None else float(scale)
         return torch.ops.inrflow.grouped_cross_attention.default(q, k, v, offsets, resolved)
     return reference.grouped_cross_attention(q, k, v, offsets, scale)
+
+
+# ------------------------------------------------------------------------------------------------
+# Registrations for the compiled ops (only when inrflow._C defines them).
+#
+# * autograd: the public op's Autograd kernel calls grouped_cross_attention_forward, whose
+#   registered autograd saves (q, k, v, offsets, out, lse) and runs the backward op. lse is not
+#   differentiable (the public op never exposes it).
+# * fake: shape/dtype propagation for FakeTensor / torch.compile / meta tensors.
+# * FLOPs: forward 2 T Hq (D + Dv) (scores and weighted sum, one multiply-add each), backward
+#   twice that (dq, dk, dp and dv), torch's convention for SDPA (recomputation not counted).
+
+_OPS = (
+    "grouped_cross_attention",
+    "grouped_cross_attention_forward",
+    "grouped_cross_attention_backward",
+)
+
+
+def _setup_context(ctx, inputs, output) -> None:  # torch.library callback
+    q, k, v, offsets, scale = inputs
+    out, lse = output
+    ctx.scale = scale
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, offsets, out, lse)
+
+
+def _backward(ctx, grad_out, _grad_lse):  # torch.library callback
+    q, k, v, offsets, out, lse = ctx.saved_tensors
+    if grad_out is None:
+        grad_out = torch.zeros_like(out)
+    dq, dk, dv = torch.ops.inrflow.grouped_cross_attention_backward.default(
+        grad_out.contiguous(), q, k, v, offsets, out, lse, ctx.scale
+    )
+    needs = ctx.needs_input_grad
+    return (
+        dq if needs[0] else None,
+        dk if needs[1] else None,
+        dv if needs[2] else None,
+        None,
+        None,
+    )
+
+
+def _public_autograd(q, k, v, offsets, scale):  # Autograd kernel of the public op
+    return torch.ops.inrflow.grouped_cross_attention_forward.default(q, k, v, offsets, scale)[0]
+
+
+def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _fake_check(q, k, v, offsets) -> None:
+    torch._check(q.dim() == 3 and k.dim() == 3 and v.dim() == 3, lambda: "q, k, v must be 3-D")
+    torch._check(offsets.dim() == 1, lambda: "offsets must be 1-D")
+    torch._check(offsets.shape[0] == q.shape[0] + 1, lambda: "offsets must have G + 1 entries")
+    torch._check(k.shape[2] == q.shape[2], lambda: "q and k head dims differ")
+    torch._check(q.shape[1] % k.shape[1] == 0, lambda: "Hq must be a multiple of Hkv")
+
+
+def _fake_public(q, k, v, offsets, scale):
+    _fake_check(q, k, v, offsets)
+    return q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+
+
+def _fake_forward(q, k, v, offsets, scale):
+    _fake_check(q, k, v, offsets)
+    out = q.new_empty((q.shape[0], q.shape[1], v.shape[2]))
+    lse = q.new_empty((q.shape[0], q.shape[1]), dtype=_lse_dtype(q.dtype))
+    return out, lse
+
+
+def _fake_backward(grad_out, q, k, v, offsets, out, lse, scale):
+    _fake_check(q, k, v, offsets)
+    return (
+        torch.empty_like(q, memory_format=torch.contiguous_format),
+        torch.empty_like(k, memory_format=torch.contiguous_format),
+        torch.empty_like(v, memory_format=torch.contiguous_format),
+    )
+
+
+def attention_flops(q_shape, k_shape, v_shape) -> int:
+    """Forward FLOPs of one grouped_cross_attention call: ``2 T Hq (D + Dv)``."""
+    return 2 * k_shape[0] * q_shape[1] * (q_shape[2] + v_shape[2])
+
+
+def _flops_forward(q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return attention_flops(q_shape, k_shape, v_shape)
+
+
+def _flops_backward(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * attention_flops(q_shape, k_shape, v_shape)
+
+
+_LIB: torch.library.Library | None = None
+
+
+def _register() -> None:
+    """Attach autograd, fake kernels and FLOP formulas to the compiled ops; idempotent."""
+    global _LIB
+    if "grouped_cross_attention" in _REGISTERED or not _extension.extension_available():
+        return
+    if not all(_extension.has_op(name) for name in _OPS):
+        return
+    _REGISTERED.add("grouped_cross_attention")
+    has_key = torch._C._dispatch_has_kernel_for_dispatch_key
+    fakes = (_fake_public, _fake_forward, _fake_backward)
+    for name, fake in zip(_OPS, fakes, strict=True):
+        if not has_key(f"inrflow::{name}", "Meta"):
+            torch.library.register_fake(f"inrflow::{name}")(fake)
+    torch.library.register_autograd(
+        "inrflow::grouped_cross_attention_forward", _backward, setup_context=_setup_context
+    )
+    if not has_key("inrflow::grouped_cross_attention", "Autograd"):
+        _LIB = torch.library.Library("inrflow", "IMPL")  # module global: keeps the kernel
+        _LIB.impl("grouped_cross_attention", _public_autograd, "Autograd")
+    from torch.utils.flop_counter import register_flop_formula
+
+    ops = torch.ops.inrflow
+    register_flop_formula(ops.grouped_cross_attention)(_flops_forward)
+    register_flop_formula(ops.grouped_cross_attention_forward)(_flops_forward)
+    register_flop_formula(ops.grouped_cross_attention_backward)(_flops_backward)
+    _extension.clear_kernel_cache()
+
+
+_REGISTERED: set[str] = _extension.registered_ops
+_register()
