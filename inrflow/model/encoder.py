@@ -122,9 +122,10 @@ class LocalEncoder(_GroupedEncoder):
         k_lat, heads, d = q.shape
         groups, tokens = b * k_lat, xs.shape[0]
         p = tokens // groups
-        if p * groups != tokens or not torch.equal(
+        equal = offsets.is_meta or torch.equal(  # meta: shapes only (FLOP counting)
             offsets.long(), torch.arange(groups + 1, device=offsets.device) * p
-        ):
+        )
+        if p * groups != tokens or not equal:
             raise ValueError(
                 "encoder_form='dense' needs every latent to own the same number of points "
                 "(e.g. a full image raster on a grid of latents); use 'folded' otherwise"
