@@ -1,9 +1,9 @@
 """Evaluate generated samples against a reference set (thin entry -> inrflow.metrics.evaluate).
 
-    python evaluate.py --samples samples.npz --ref digits
-    python evaluate.py --checkpoint runs/digits/ckpt --ref digits --cfg-scale 2
-    python evaluate.py --samples gen_clouds/ --ref ref_clouds.npy --normalize bbox
-    python evaluate.py --help
+python evaluate.py --samples samples.npz --ref digits
+python evaluate.py --checkpoint runs/digits/ckpt --ref digits --cfg-scale 2
+python evaluate.py --samples gen_clouds/ --ref ref_clouds.npy --normalize bbox
+python evaluate.py --help
 """
 
 from __future__ import annotations

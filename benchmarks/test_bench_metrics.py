@@ -146,6 +146,7 @@ def test_pairwise_chamfer_full_matrix(benchmark, smoke: bool, one_thread) -> Non
         t0 = time.perf_counter()
         got = benchmark.pedantic(pairwise_chamfer, args=(samples, refs), rounds=1, iterations=1)
         elapsed = time.perf_counter() - t0
-    benchmark.extra_info.update(seconds=round(elapsed, 3),
-                                peak_rss_above_baseline_mib=round(mem.mib, 1))
+    benchmark.extra_info.update(
+        seconds=round(elapsed, 3), peak_rss_above_baseline_mib=round(mem.mib, 1)
+    )
     assert got.shape == (size["clouds"], size["clouds"]) and torch.isfinite(got).all()

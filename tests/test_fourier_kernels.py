@@ -343,6 +343,36 @@ def test_gradcheck_public_api_fp64(device: str, include_input: bool) -> None:
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("include_input", [False, True])
+def test_gradgradcheck_public_api_fp64(device: str, include_input: bool) -> None:
+    x = make_x((3, 2, 3), torch.float64, device).requires_grad_()
+    freqs = make_freqs(4, device, max_log2=3.0)
+    with inrflow.ops.use_backend("extension"):
+        assert torch.autograd.gradgradcheck(
+            lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,)
+        )
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
+def test_double_backward_matches_reference(device: str) -> None:
+    # A gradient penalty: d/dx of |d<w, emb(x)>/dx|^2, through the backward op's own autograd.
+    x0 = make_x((5, 2), torch.float64, device)
+    freqs = make_freqs(6, device, max_log2=4.0)
+    w = torch.randn(5, 2 * 2 * 6 + 2, dtype=torch.float64, device=device)
+    grads = {}
+    for backend in ("extension", "reference"):
+        x = x0.clone().requires_grad_()
+        with inrflow.ops.use_backend(backend):
+            (g,) = torch.autograd.grad(
+                (inrflow.ops.fourier_embed(x, freqs, True) * w).sum(), x, create_graph=True
+            )
+            (grads[backend],) = torch.autograd.grad(g.square().sum(), x)
+    torch.testing.assert_close(grads["extension"], grads["reference"], rtol=1e-10, atol=1e-10)
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device: str) -> None:
     # Low frequencies: the fp32 reference's own error grows with |x*f| (it rounds the product).
     freqs = make_freqs(8, device, max_log2=3.0)

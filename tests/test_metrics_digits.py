@@ -42,8 +42,9 @@ def test_any_resolution_layout_and_value_range() -> None:
     up = (x * 2 - 1).repeat_interleave(4, 1).repeat_interleave(4, 2)
     np.testing.assert_array_equal(clf.predict(up, (-1, 1)), expected)
     np.testing.assert_array_equal(clf.predict(up[:, None], (-1, 1)), expected)
-    np.testing.assert_array_equal(clf.predict(up[..., None].expand(-1, -1, -1, 3), (-1, 1)),
-                                  expected)
+    np.testing.assert_array_equal(
+        clf.predict(up[..., None].expand(-1, -1, -1, 3), (-1, 1)), expected
+    )
     np.testing.assert_allclose(clf.features(up, (-1, 1)), clf.features(x, (0, 1)), atol=1e-6)
     # uint8 images map 0..255
     as_u8 = (x * 255).round().to(torch.uint8)

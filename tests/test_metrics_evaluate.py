@@ -36,8 +36,13 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str,
 
 
 def test_help_runs_as_a_script() -> None:
-    res = subprocess.run([sys.executable, str(ROOT / "evaluate.py"), "--help"],
-                         capture_output=True, text=True, timeout=120, check=False)
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "evaluate.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert res.returncode == 0
     assert "--checkpoint" in res.stdout and "rFID" in res.stdout
 
@@ -50,8 +55,9 @@ def test_digits_samples_from_an_npz(tmp_path: Path, capsys: pytest.CaptureFixtur
     samples = samples.repeat(2, axis=1).repeat(2, axis=2)[:, None]  # [N, 1, 16, 16]
     np.savez(tmp_path / "samples.npz", samples=samples, labels=labels[:200])
     out = tmp_path / "report.json"
-    rc, text, report = _run(["--samples", str(tmp_path / "samples.npz"), "--ref", "digits",
-                             "--out", str(out)], capsys)
+    rc, text, report = _run(
+        ["--samples", str(tmp_path / "samples.npz"), "--ref", "digits", "--out", str(out)], capsys
+    )
     assert rc == 0, text
     assert report is not None
     m = report["metrics"]
@@ -69,8 +75,19 @@ def test_point_clouds_from_a_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
         np.save(folder / f"{i}.npy", refs[i].numpy())  # the samples are the references
     np.save(tmp_path / "refs.npy", refs.numpy())
     out = tmp_path / "pc.json"
-    rc, text, report = _run(["--samples", str(folder), "--ref", str(tmp_path / "refs.npy"),
-                             "--emd", "exact", "--out", str(out)], capsys)
+    rc, text, report = _run(
+        [
+            "--samples",
+            str(folder),
+            "--ref",
+            str(tmp_path / "refs.npy"),
+            "--emd",
+            "exact",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 0, text
     assert report is not None
     m = report["metrics"]
@@ -80,40 +97,73 @@ def test_point_clouds_from_a_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "EMD-method: exact" in text
 
 
-def test_images_with_the_rfid_label(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_images_with_the_rfid_label(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     from test_metrics_images import TinyExtractor
 
     import inrflow.metrics.images as images_mod
 
-    monkeypatch.setattr(images_mod, "inception_extractor",
-                        lambda weights, seed, device: TinyExtractor("rfid"))
+    monkeypatch.setattr(
+        images_mod, "inception_extractor", lambda weights, seed, device: TinyExtractor("rfid")
+    )
     gen = torch.Generator().manual_seed(1)
     np.save(tmp_path / "a.npy", (torch.rand(12, 3, 16, 16, generator=gen) * 255).byte().numpy())
     np.save(tmp_path / "b.npy", (torch.rand(12, 3, 16, 16, generator=gen) * 255).byte().numpy())
     out = tmp_path / "img.json"
-    rc, text, report = _run(["--samples", str(tmp_path / "a.npy"), "--ref",
-                             str(tmp_path / "b.npy"), "--kind", "image", "--out", str(out)],
-                            capsys)
+    rc, text, report = _run(
+        [
+            "--samples",
+            str(tmp_path / "a.npy"),
+            "--ref",
+            str(tmp_path / "b.npy"),
+            "--kind",
+            "image",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 0, text
     assert report is not None
     assert "rFID" in report["metrics"] and "FID" not in report["metrics"]
     assert "rFID" in text
 
 
-def test_checkpoint_is_sampled_then_evaluated(tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_is_sampled_then_evaluated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from inrflow.model import build_model
 
     model = build_model("tiny", "image", num_classes=10, value_dim=1, num_latents=16)
     ckpt = tmp_path / "model.pt"
-    torch.save({"config": dataclasses.asdict(model.config), "ema": model.state_dict(),
-                "meta": {"shape": [8, 8], "dataset": "digits"}}, ckpt)
+    torch.save(
+        {
+            "config": dataclasses.asdict(model.config),
+            "ema": model.state_dict(),
+            "meta": {"shape": [8, 8], "dataset": "digits"},
+        },
+        ckpt,
+    )
     out = tmp_path / "ck.json"
     saved = tmp_path / "samples.npz"
-    rc, text, report = _run(["--checkpoint", str(ckpt), "--num-samples", "20", "--steps", "2",
-                             "--batch-size", "10", "--save-samples", str(saved),
-                             "--out", str(out)], capsys)
+    rc, text, report = _run(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--num-samples",
+            "20",
+            "--steps",
+            "2",
+            "--batch-size",
+            "10",
+            "--save-samples",
+            str(saved),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 0, text
     assert report is not None
     m = report["metrics"]
@@ -137,14 +187,23 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     model = build_model("tiny", "image", num_classes=10, value_dim=1, num_latents=16)
     ema = {n: p.detach() * 0.9 for n, p in model.named_parameters()}  # distinguishable
     step = tmp_path / "run" / "checkpoints" / "step_000000010"
-    dcp.save({"model": model.state_dict(), "ema": ema, "trainer": {"step": 10}},
-             checkpoint_id=str(step))
-    files = {f.name: {"size": f.stat().st_size, "crc32": zlib.crc32(f.read_bytes())}
-             for f in step.iterdir() if f.is_file()}
-    manifest = {"format": 1, "step": 10, "world_size": 1, "files": files,
-                "model_config": dataclasses.asdict(model.config),
-                "train_config": {"data": "digits"},
-                "dataset": {"domain": "image", "shape": [8, 8], "num_classes": 10}}
+    dcp.save(
+        {"model": model.state_dict(), "ema": ema, "trainer": {"step": 10}}, checkpoint_id=str(step)
+    )
+    files = {
+        f.name: {"size": f.stat().st_size, "crc32": zlib.crc32(f.read_bytes())}
+        for f in step.iterdir()
+        if f.is_file()
+    }
+    manifest = {
+        "format": 1,
+        "step": 10,
+        "world_size": 1,
+        "files": files,
+        "model_config": dataclasses.asdict(model.config),
+        "train_config": {"data": "digits"},
+        "dataset": {"domain": "image", "shape": [8, 8], "num_classes": 10},
+    }
     (step / "inrflow_checkpoint.json").write_text(json.dumps(manifest))
 
     loaded, meta = ev.load_checkpoint_model(tmp_path / "run")
@@ -152,22 +211,51 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     for n, p in loaded.named_parameters():
         assert torch.equal(p, ema[n]), n
     out = tmp_path / "dcp.json"
-    rc, text, report = _run(["--checkpoint", str(tmp_path / "run"), "--num-samples", "10",
-                             "--steps", "1", "--out", str(out)], capsys)
+    rc, text, report = _run(
+        [
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--num-samples",
+            "10",
+            "--steps",
+            "1",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert rc == 0, text
     assert report is not None and report["settings"]["kind"] == "digits"
 
 
-def test_errors_are_reported_not_raised(tmp_path: Path,
-                                        capsys: pytest.CaptureFixture[str]) -> None:
-    rc, text, _ = _run(["--samples", str(tmp_path / "missing"), "--ref", "digits",
-                        "--out", str(tmp_path / "x.json")], capsys)
+def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, text, _ = _run(
+        [
+            "--samples",
+            str(tmp_path / "missing"),
+            "--ref",
+            "digits",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "not found" in text
     torch.save({"weights": torch.zeros(3)}, tmp_path / "bad.pt")
-    rc, text, _ = _run(["--checkpoint", str(tmp_path / "bad.pt"), "--out",
-                        str(tmp_path / "x.json")], capsys)
+    rc, text, _ = _run(
+        ["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x.json")], capsys
+    )
     assert rc == 2 and "config" in text
     np.save(tmp_path / "nan.npy", np.full((4, 8, 8), np.nan, dtype=np.float32))
-    rc, text, _ = _run(["--samples", str(tmp_path / "nan.npy"), "--ref", "digits", "--out",
-                        str(tmp_path / "x.json")], capsys)
+    rc, text, _ = _run(
+        [
+            "--samples",
+            str(tmp_path / "nan.npy"),
+            "--ref",
+            "digits",
+            "--out",
+            str(tmp_path / "x.json"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "4 of 4 samples" in text

@@ -100,8 +100,15 @@ def test_metrics_pipeline_with_a_stand_in_extractor(tmp_path: Path) -> None:
     # samples: the same images as floats in [-1, 1], as inrflow produces them
     samples = torch.from_numpy(refs).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     ext = TinyExtractor("rfid")
-    out = compute_image_metrics(samples, tmp_path, extractor=ext, batch_size=16,
-                                kid_subsets=10, kid_subset_size=20, progress=False)
+    out = compute_image_metrics(
+        samples,
+        tmp_path,
+        extractor=ext,
+        batch_size=16,
+        kid_subsets=10,
+        kid_subset_size=20,
+        progress=False,
+    )
     # Identical sets (read back from PNG bit-exactly) -> distance 0, full precision/recall.
     assert out["rFID"] == pytest.approx(0.0, abs=1e-9)
     assert out["rPrecision"] == 1.0 and out["rRecall"] == 1.0
@@ -114,9 +121,16 @@ def test_metrics_pipeline_with_a_stand_in_extractor(tmp_path: Path) -> None:
 
     real = TinyExtractor("fid")
     other = 0.5 * torch.rand(40, 3, 16, 16, generator=torch.Generator().manual_seed(3))  # darker
-    out = compute_image_metrics(other, samples, extractor=real, value_range=(0, 1),
-                                ref_value_range=(-1, 1), kid_subsets=10, kid_subset_size=20,
-                                progress=False)
+    out = compute_image_metrics(
+        other,
+        samples,
+        extractor=real,
+        value_range=(0, 1),
+        ref_value_range=(-1, 1),
+        kid_subsets=10,
+        kid_subset_size=20,
+        progress=False,
+    )
     assert out["FID"] > 0 and out["KID"] > 0 and "IS" in out and out["IS"] >= 1.0
     with pytest.raises(ValueError, match="unknown image metrics"):
         compute_image_metrics(other, samples, extractor=real, metrics=("fid",), progress=False)

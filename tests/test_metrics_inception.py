@@ -124,7 +124,7 @@ def test_loads_a_fake_standard_state_dict(
     assert ext.kind == "fid" and ext.metric_name == "FID"
     assert not ext.standard and "NON-STANDARD" in ext.description  # hash differs from the real
     ref = InceptionV3()
-    ref.load_state_dict({k[len("module."):]: v for k, v in fake.items() if "AuxLogits" not in k})
+    ref.load_state_dict({k[len("module.") :]: v for k, v in fake.items() if "AuxLogits" not in k})
     ref.eval()
     x = torch.rand(2, 3, 75, 75, generator=gen) * 2 - 1  # 75 x 75: the smallest valid input
     with torch.no_grad():

@@ -69,8 +69,9 @@ def test_chamfer_float64_far_from_the_origin() -> None:
     y = torch.rand(2, 150, 3, generator=gen, dtype=torch.float64) + 1000.0
     expected = torch.tensor([brute_chamfer(x[i], y[i]) for i in range(2)], dtype=torch.float64)
     for backend in BACKENDS:
-        torch.testing.assert_close(chamfer_distance(x, y, backend=backend), expected,
-                                   rtol=1e-12, atol=0)
+        torch.testing.assert_close(
+            chamfer_distance(x, y, backend=backend), expected, rtol=1e-12, atol=0
+        )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -78,15 +79,17 @@ def test_pairwise_chamfer_matches_brute_force_and_chunks(backend: str) -> None:
     gen = torch.Generator().manual_seed(2)
     a = torch.rand(5, 64, 3, generator=gen)
     b = torch.rand(7, 64, 3, generator=gen)
-    expected = torch.tensor([[brute_chamfer(a[i], b[j]) for j in range(7)] for i in range(5)],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[brute_chamfer(a[i], b[j]) for j in range(7)] for i in range(5)], dtype=torch.float64
+    )
     # A tiny work budget forces many blocks (and, for matmul, the per-row fallback).
     for chunk_bytes in (1 << 26, 64 * 64 * 4 * 3, 1000):
         got = pairwise_chamfer(a, b, backend=backend, chunk_bytes=chunk_bytes)
         torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-15)
     sym = pairwise_chamfer(a, backend=backend, chunk_bytes=64 * 64 * 4 * 2)
-    expected_sym = torch.tensor([[brute_chamfer(a[i], a[j]) for j in range(5)] for i in range(5)],
-                                dtype=torch.float64)
+    expected_sym = torch.tensor(
+        [[brute_chamfer(a[i], a[j]) for j in range(5)] for i in range(5)], dtype=torch.float64
+    )
     torch.testing.assert_close(sym, expected_sym, rtol=1e-12, atol=1e-15)
     assert torch.equal(sym, sym.T) and torch.all(sym.diagonal() == 0)
 
@@ -129,13 +132,13 @@ def test_pairwise_emd_symmetry_and_values() -> None:
     a = torch.rand(4, 5, 3, generator=gen)
     b = torch.rand(3, 5, 3, generator=gen)
     got = pairwise_emd(a, b, exact=True)
-    expected = torch.tensor([[brute_emd(a[i], b[j]) for j in range(3)] for i in range(4)],
-                            dtype=torch.float64)
+    expected = torch.tensor(
+        [[brute_emd(a[i], b[j]) for j in range(3)] for i in range(4)], dtype=torch.float64
+    )
     torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
     sym = pairwise_emd(a, exact=True)
     assert torch.equal(sym, sym.T) and torch.all(sym.diagonal() == 0)
-    torch.testing.assert_close(sym[0, 1], torch.tensor(brute_emd(a[0], a[1]),
-                                                       dtype=torch.float64))
+    torch.testing.assert_close(sym[0, 1], torch.tensor(brute_emd(a[0], a[1]), dtype=torch.float64))
 
 
 def test_mmd_cov_and_1nna_on_constructed_matrices() -> None:
@@ -150,8 +153,11 @@ def test_mmd_cov_and_1nna_on_constructed_matrices() -> None:
     # s0: same 0.3 > other 0.1 miss; s1: 0.3 > 0.2 miss -> 2 / 5
     assert one_nna(m_rr, m_ss, m_rs) == pytest.approx(40.0)
     # a tie counts half
-    assert one_nna(torch.tensor([[0.0, 1.0], [1.0, 0.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
-                   torch.tensor([[1.0, 2.0], [2.0, 1.0]])) == pytest.approx(50.0)
+    assert one_nna(
+        torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        torch.tensor([[0.0, 1.0], [1.0, 0.0]]),
+        torch.tensor([[1.0, 2.0], [2.0, 1.0]]),
+    ) == pytest.approx(50.0)
 
 
 def test_point_cloud_metrics_identical_sets() -> None:
@@ -204,9 +210,11 @@ def test_inputs_are_validated() -> None:
 
 
 def _write_ply(path: Path, pts: np.ndarray, fmt: str) -> None:
-    header = (f"ply\nformat {fmt} 1.0\ncomment test\nelement vertex {len(pts)}\n"
-              "property float x\nproperty float y\nproperty float z\nproperty uchar red\n"
-              "element face 0\nproperty list uchar int vertex_indices\nend_header\n")
+    header = (
+        f"ply\nformat {fmt} 1.0\ncomment test\nelement vertex {len(pts)}\n"
+        "property float x\nproperty float y\nproperty float z\nproperty uchar red\n"
+        "element face 0\nproperty list uchar int vertex_indices\nend_header\n"
+    )
     with path.open("wb") as fh:
         fh.write(header.encode())
         if fmt == "ascii":
@@ -235,10 +243,12 @@ def test_ply_reading_and_cloud_folders(tmp_path: Path) -> None:
 
 def test_auto_emd_never_starts_hours_of_cpu_work() -> None:
     gen = torch.Generator().manual_seed(10)
-    small = point_cloud_metrics(torch.rand(3, 40, 3, generator=gen),
-                                torch.rand(3, 40, 3, generator=gen))
+    small = point_cloud_metrics(
+        torch.rand(3, 40, 3, generator=gen), torch.rand(3, 40, 3, generator=gen)
+    )
     assert "exact" in str(small["EMD-method"]) and "MMD-EMD" in small
-    big = point_cloud_metrics(torch.rand(3, 600, 3, generator=gen),
-                              torch.rand(3, 600, 3, generator=gen))
+    big = point_cloud_metrics(
+        torch.rand(3, 600, 3, generator=gen), torch.rand(3, 600, 3, generator=gen)
+    )
     assert str(big["EMD-method"]).startswith("not computed") and "MMD-EMD" not in big
     assert "MMD-CD" in big

@@ -66,8 +66,9 @@ def test_lddt_hand_computed_case() -> None:
     # 1.5: preserved at thresholds 2 and 4 (2 of 4 -> 0.5); the other 6 pairs score 1.
     assert lddt(pred, true) == pytest.approx((6 * 1.0 + 6 * 0.5) / 12)
     per_res = lddt(pred, true, per_residue=True)
-    torch.testing.assert_close(per_res, torch.tensor([5 / 6, 5 / 6, 5 / 6, 0.5],
-                                                     dtype=torch.float64))
+    torch.testing.assert_close(
+        per_res, torch.tensor([5 / 6, 5 / 6, 5 / 6, 0.5], dtype=torch.float64)
+    )
     # the cut-off: pairs farther than 15 Å in the true structure are not scored
     far = true * 10.0  # 10 Å spacing: only neighbours (10 Å) are inside 15 Å
     assert lddt(far, far, cutoff=15.0) == 1.0

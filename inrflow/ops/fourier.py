@@ -82,31 +82,58 @@ def fourier_embed(
 # Registrations for the compiled op (only when inrflow._C defines it).
 #
 # * autograd: the backward is itself a registered op, so it runs on the same device kernels.
-#   It takes the forward *output* (d sin = f cos, d cos = -f sin are in it) rather than x; for a
-#   build whose backward schema still takes ``x`` the saved tensor follows the schema.
+#   It takes the forward *output* (d sin = f cos, d cos = -f sin are in it) rather than x. The
+#   backward op has an autograd formula too (linear in grad_out and in the saved output), so
+#   double backward (gradient penalties, Hessian-vector products) is exact.
 # * fake: shape/dtype propagation without data, so torch.compile / FakeTensor can trace the op.
 
 
-def _backward_takes_output() -> bool:
-    schema = torch.ops.inrflow.fourier_embed_backward.default._schema
-    return schema.arguments[1].name != "x"
-
-
 def _setup_context(ctx, inputs, output) -> None:  # torch.library callback
-    x, freqs, include_input = inputs
+    _, freqs, include_input = inputs
     ctx.include_input = include_input
     if ctx.needs_input_grad[0]:
-        ctx.save_for_backward(output if ctx.takes_output else x, freqs)
+        ctx.save_for_backward(output, freqs)
 
 
 def _backward(ctx, grad_out: torch.Tensor):  # torch.library callback
     if not ctx.needs_input_grad[0]:
         return None, None, None
-    saved, freqs = ctx.saved_tensors
+    out, freqs = ctx.saved_tensors
     grad_x = torch.ops.inrflow.fourier_embed_backward.default(
-        grad_out, saved, freqs, ctx.include_input
+        grad_out, out, freqs, ctx.include_input
     )
     return grad_x, None, None
+
+
+def _split_blocks(t: torch.Tensor, num_freqs: int, include_input: bool):
+    """``[..., C*2F (+C)]`` -> (x block or None, sin ``[..., C, F]``, cos ``[..., C, F]``)."""
+    c = t.shape[-1] // (2 * num_freqs + (1 if include_input else 0))
+    off = c if include_input else 0
+    head = t[..., :off] if include_input else None
+    sin = t[..., off : off + c * num_freqs].unflatten(-1, (c, num_freqs))
+    cos = t[..., off + c * num_freqs :].unflatten(-1, (c, num_freqs))
+    return head, sin, cos
+
+
+def _setup_context_backward(ctx, inputs, output) -> None:  # torch.library callback
+    grad_out, out, freqs, include_input = inputs
+    ctx.include_input = include_input
+    ctx.save_for_backward(grad_out, out, freqs)
+
+
+def _backward_backward(ctx, gg: torch.Tensor):  # torch.library callback
+    """Gradients of ``grad_x[c] = g_x[c] + sum_k f_k (g_sin cos - g_cos sin)[c, k]``."""
+    grad_out, out, freqs = ctx.saved_tensors
+    inc = ctx.include_input
+    _, go_sin, go_cos = _split_blocks(grad_out, freqs.shape[0], inc)
+    _, sin, cos = _split_blocks(out, freqs.shape[0], inc)
+    gf = gg.unsqueeze(-1) * freqs.to(gg.dtype)  # [..., C, F]
+    d_grad_out = [(gf * cos).flatten(-2), (-gf * sin).flatten(-2)]
+    d_out = [(-gf * go_cos).flatten(-2), (gf * go_sin).flatten(-2)]
+    if inc:
+        d_grad_out.insert(0, gg)
+        d_out.insert(0, torch.zeros_like(gg))
+    return torch.cat(d_grad_out, -1), torch.cat(d_out, -1), None, None
 
 
 def _embed_width(channels, num_freqs, include_input):  # ints or SymInts
@@ -123,7 +150,7 @@ def _fake_forward(
     return x.new_empty((*x.shape[:-1], width))
 
 
-def _fake_backward_from_output(
+def _fake_backward(
     grad_out: torch.Tensor, out: torch.Tensor, freqs: torch.Tensor, include_input: bool
 ) -> torch.Tensor:
     torch._check(freqs.dim() == 1 and freqs.shape[0] >= 1, lambda: "freqs must be 1-D, non-empty")
@@ -135,13 +162,6 @@ def _fake_backward_from_output(
     return out.new_empty((*out.shape[:-1], out.shape[-1] // per_channel))
 
 
-def _fake_backward_from_input(
-    grad_out: torch.Tensor, x: torch.Tensor, freqs: torch.Tensor, include_input: bool
-) -> torch.Tensor:
-    torch._check(freqs.dim() == 1 and freqs.shape[0] >= 1, lambda: "freqs must be 1-D, non-empty")
-    return torch.empty_like(x, memory_format=torch.contiguous_format)
-
-
 def _register() -> None:
     """Attach autograd and fake kernels to the compiled ops; idempotent."""
     if "fourier_embed" in _REGISTERED or not _extension.extension_available():
@@ -149,20 +169,18 @@ def _register() -> None:
     if not (_extension.has_op("fourier_embed") and _extension.has_op("fourier_embed_backward")):
         return
     _REGISTERED.add("fourier_embed")
-    takes_output = _backward_takes_output()
-
-    def setup_context(ctx, inputs, output) -> None:  # torch.library callback
-        ctx.takes_output = takes_output
-        _setup_context(ctx, inputs, output)
-
     has_meta = torch._C._dispatch_has_kernel_for_dispatch_key
     if not has_meta("inrflow::fourier_embed", "Meta"):
         torch.library.register_fake("inrflow::fourier_embed")(_fake_forward)
     if not has_meta("inrflow::fourier_embed_backward", "Meta"):
-        fake = _fake_backward_from_output if takes_output else _fake_backward_from_input
-        torch.library.register_fake("inrflow::fourier_embed_backward")(fake)
+        torch.library.register_fake("inrflow::fourier_embed_backward")(_fake_backward)
     torch.library.register_autograd(
-        "inrflow::fourier_embed", _backward, setup_context=setup_context
+        "inrflow::fourier_embed", _backward, setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        "inrflow::fourier_embed_backward",
+        _backward_backward,
+        setup_context=_setup_context_backward,
     )
     _extension.clear_kernel_cache()
 
