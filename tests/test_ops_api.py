@@ -138,37 +138,46 @@ def test_backend_decision_follows_the_dispatcher(probe_op: str) -> None:
         _backend.use_extension("no_such_op", cpu)
 
 
-def test_a_kernel_registered_later_is_used_without_changing_the_wrapper() -> None:
-    if _extension.has_op("nearest_assign"):
-        pytest.skip("inrflow::nearest_assign is implemented by the extension now")
+@pytest.fixture
+def kernelless_op() -> Iterator[torch.library.Library]:
+    """A schema ``inrflow::_api_probe`` with no kernel yet, removed after the test."""
     lib = torch.library.Library("inrflow", "FRAGMENT")
+    lib.define("_api_probe(Tensor x) -> Tensor")
+    _extension.clear_kernel_cache()
     try:
-        lib.define("nearest_assign(Tensor points, Tensor centers) -> Tensor")
-        lib.impl(
-            "nearest_assign",
-            lambda p, c: torch.full(p.shape[:-1], 42, dtype=torch.int64),
-            "CPU",
-        )
-        _extension.clear_kernel_cache()
-        points, centers = torch.randn(5, 2), torch.randn(3, 2)
-        assert ops.nearest_assign(points, centers).eq(42).all()
-        with ops.use_backend("reference"):
-            assert torch.equal(
-                ops.nearest_assign(points, centers), ref.nearest_assign(points, centers)
-            )
+        yield lib
     finally:
         lib._destroy()
         _extension.clear_kernel_cache()
 
 
-def test_forcing_the_extension_for_an_op_it_lacks_raises_clearly() -> None:
-    missing = [
-        op
-        for op in ("group_layout", "grouped_cross_attention", "nearest_assign")
-        if not _extension.has_kernel(op, "cpu")
-    ]
-    if not missing:
-        pytest.skip("the extension implements every op on the CPU")
+def test_a_kernel_registered_later_is_used_without_changing_the_wrapper(
+    kernelless_op: torch.library.Library,
+) -> None:
+    # Every wrapper asks _backend.use_extension(op, device) at each call, which looks the kernel
+    # up in the dispatcher: registering one (then clearing the cache) switches "auto" over.
+    cpu = torch.device("cpu")
+    assert not _extension.has_kernel("_api_probe", "cpu")
+    assert _backend.use_extension("_api_probe", cpu) is False
+    kernelless_op.impl("_api_probe", lambda x: x + 1, "CPU")
+    _extension.clear_kernel_cache()
+    assert _extension.has_kernel("_api_probe", "cpu")
+    assert _backend.use_extension("_api_probe", cpu) is True
+    assert "_api_probe" in _extension.kernel_ops("cpu")
+    with ops.use_backend("reference"):
+        assert _backend.use_extension("_api_probe", cpu) is False
+
+
+def test_forcing_the_extension_for_an_op_it_lacks_raises_clearly(
+    kernelless_op: torch.library.Library, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ops.use_backend("extension"):
+        expect = "has no kernel for device type 'cpu'" if EXT else "not loaded"
+        with pytest.raises(RuntimeError, match=expect):
+            _backend.use_extension("_api_probe", torch.device("cpu"))
+    # The public wrappers: without a kernel, auto falls back to the reference and a forced
+    # extension raises, naming the op.
+    monkeypatch.setattr(_extension, "has_kernel", lambda op, device_type: False)
     calls: dict[str, Callable[[], object]] = {
         "group_layout": lambda: ops.group_layout(torch.zeros(3, dtype=torch.int64), 2),
         "grouped_cross_attention": lambda: ops.grouped_cross_attention(
@@ -176,11 +185,10 @@ def test_forcing_the_extension_for_an_op_it_lacks_raises_clearly() -> None:
         ),
         "nearest_assign": lambda: ops.nearest_assign(torch.randn(3, 2), torch.randn(2, 2)),
     }
-    for op in missing:
-        calls[op]()  # auto falls back to the reference
-        expect = "does not implement" if EXT else "not loaded"
-        with ops.use_backend("extension"), pytest.raises(RuntimeError, match=expect):
-            calls[op]()
+    for op, call in calls.items():
+        call()
+        with ops.use_backend("extension"), pytest.raises(RuntimeError, match=f"ops.{op}"):
+            call()
 
 
 def test_reference_backend_calls_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -34,6 +34,18 @@ ENV_VAR = "INRFLOW_BACKEND"
 _override: ContextVar[str | None] = ContextVar("inrflow_backend_override", default=None)
 
 
+def _forced() -> str | None:
+    return _override.get()
+
+
+# torch.compile traces ContextVar.get (and guards on it) from torch 2.14 on. Older Dynamo cannot,
+# so there the override is read once at trace time and baked into the compiled graph (what
+# torch.compiler.assume_constant_result does, without importing torch._dynamo here): a
+# `use_backend` block entered *after* compiling does not change already-compiled code.
+if tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) < (2, 14):
+    _forced._dynamo_marked_constant = True  # type: ignore[attr-defined]
+
+
 def _check_name(name: object, source: str) -> str:
     if not isinstance(name, str) or name.strip().lower() not in BACKENDS:
         raise ValueError(f"{source} must be one of {', '.join(BACKENDS)}; got {name!r}")
@@ -42,7 +54,7 @@ def _check_name(name: object, source: str) -> str:
 
 def get_backend() -> str:
     """The backend setting in force here: ``"auto"``, ``"reference"`` or ``"extension"``."""
-    forced = _override.get()
+    forced = _forced()
     if forced is not None:
         return forced
     raw = os.environ.get(ENV_VAR)

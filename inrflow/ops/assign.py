@@ -4,7 +4,10 @@ Extension schemas these wrappers call when ``inrflow._C`` has a kernel (contract
 ``nearest_assign(Tensor points, Tensor centers) -> Tensor``,
 ``grid_assign(Tensor points, int[] grid_shape, float[] low, float[] high) -> Tensor``,
 ``group_layout(Tensor assign, int num_groups) -> (Tensor, Tensor)``.
-The wrappers validate first, so kernels receive well-formed arguments.
+The wrappers validate first, so kernels receive well-formed arguments. The kernels take
+1 <= d <= 8 coordinates (``MAX_KERNEL_DIM``); higher d runs on the reference. Outputs are int64
+index tensors (plus int32 offsets) with no autograd; fake kernels registered below let
+``torch.compile`` trace the ops.
 """
 
 from __future__ import annotations
@@ -14,13 +17,21 @@ from collections.abc import Sequence
 
 import torch
 
+from inrflow import _extension
 from inrflow.ops import _checks, reference
-from inrflow.ops._backend import use_extension
+from inrflow.ops._backend import get_backend, use_extension
 from inrflow.profiling import nvtx_range
 
 __all__ = ["grid_assign", "grid_centers", "group_layout", "nearest_assign"]
 
 _INT32_MAX = 2**31 - 1
+#: Largest coordinate dimension the compiled kernels take (csrc/include/inrflow/assign.h).
+MAX_KERNEL_DIM = 8
+
+
+def _kernel_dim_ok(d: int) -> bool:
+    """d within the kernels' range, or the extension forced (which then raises clearly)."""
+    return d <= MAX_KERNEL_DIM or get_backend() == "extension"
 
 
 def _check_finite(op: str, **tensors: torch.Tensor) -> None:
@@ -64,7 +75,7 @@ def nearest_assign(
     _checks.same_device(op, "points", points, centers=centers)
     if _checks.values_checkable(validate, points, centers):
         _check_finite(op, points=points, centers=centers)
-    if use_extension("nearest_assign", points.device):
+    if _kernel_dim_ok(points.shape[-1]) and use_extension("nearest_assign", points.device):
         return torch.ops.inrflow.nearest_assign.default(points, centers)
     return reference.nearest_assign(points, centers)
 
@@ -144,7 +155,7 @@ def grid_assign(
     shape, lo, hi = _grid_spec(op, grid_shape, low, high, points.shape[-1])
     if _checks.values_checkable(validate, points):
         _check_finite(op, points=points)
-    if use_extension("grid_assign", points.device):
+    if _kernel_dim_ok(len(shape)) and use_extension("grid_assign", points.device):
         return torch.ops.inrflow.grid_assign.default(points, shape, lo, hi)
     return reference.grid_assign(points, shape, lo, hi)
 
@@ -181,3 +192,60 @@ def group_layout(
     if use_extension("group_layout", assign.device):
         return torch.ops.inrflow.group_layout.default(assign, num_groups)
     return reference.group_layout(assign, num_groups)
+
+
+# ------------------------------------------------------------------------------------------------
+# Fake (meta) kernels of the compiled ops, so that torch.compile / FakeTensor can trace them. The
+# outputs are integer tensors: the ops have no autograd formula (not differentiable).
+
+
+def _fake_nearest_assign(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    torch._check(points.dim() in (2, 3), lambda: "nearest_assign: points must be 2-D or 3-D")
+    torch._check(centers.dim() in (2, 3), lambda: "nearest_assign: centers must be 2-D or 3-D")
+    torch._check(points.shape[-1] == centers.shape[-1], lambda: "nearest_assign: d mismatch")
+    if points.dim() == 3:
+        shape = points.shape[:-1]
+    elif centers.dim() == 3:
+        shape = (centers.shape[0], points.shape[0])
+    else:
+        shape = points.shape[:-1]
+    return points.new_empty(shape, dtype=torch.int64)
+
+
+def _fake_grid_assign(
+    points: torch.Tensor, grid_shape: Sequence[int], low: Sequence[float], high: Sequence[float]
+) -> torch.Tensor:
+    torch._check(points.dim() in (2, 3), lambda: "grid_assign: points must be 2-D or 3-D")
+    return points.new_empty(points.shape[:-1], dtype=torch.int64)
+
+
+def _fake_group_layout(assign: torch.Tensor, num_groups: int) -> tuple[torch.Tensor, torch.Tensor]:
+    torch._check(assign.dim() in (1, 2), lambda: "group_layout: assign must be 1-D or 2-D")
+    batch = assign.shape[0] if assign.dim() == 2 else 1
+    perm = assign.new_empty(assign.shape, dtype=torch.int64)
+    offsets = assign.new_empty((batch * num_groups + 1,), dtype=torch.int32)
+    return perm, offsets
+
+
+def _register() -> None:
+    """Attach fake kernels to the compiled ops that exist; idempotent."""
+    if "assign" in _REGISTERED or not _extension.extension_available():
+        return
+    fakes = {
+        "nearest_assign": _fake_nearest_assign,
+        "grid_assign": _fake_grid_assign,
+        "group_layout": _fake_group_layout,
+    }
+    present = {name: fn for name, fn in fakes.items() if _extension.has_op(name)}
+    if not present:
+        return
+    _REGISTERED.add("assign")
+    has = torch._C._dispatch_has_kernel_for_dispatch_key
+    for name, fn in present.items():
+        if not has(f"inrflow::{name}", "Meta"):
+            torch.library.register_fake(f"inrflow::{name}")(fn)
+    _extension.clear_kernel_cache()
+
+
+_REGISTERED: set[str] = _extension.registered_ops
+_register()

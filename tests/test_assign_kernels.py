@@ -1,0 +1,575 @@
+"""The assignment kernels (nearest_assign, grid_assign, group_layout) against the reference.
+
+* The extension's CPU kernels through the raw ops ``torch.ops.inrflow.*``: every dtype, d = 1..8,
+  ties, duplicate points and centres, K across centre tiles, N off the point blocks, B > 1 with
+  per-sample and shared centres, empty groups, non-contiguous inputs, opcheck, torch.compile.
+* The unchanged ``csrc/kernels/assign.cu`` run on the CPU by the SIMT emulator under every thread
+  schedule in ``SCHEDULES`` (stability of group_layout must not depend on the order).
+* Hypothesis property tests of both against the reference, input errors, the pseudo-coordinate
+  generators, and the model's encoder using the kernels by default.
+
+Results must be *identical* to the reference (indices, not approximations): the kernels evaluate
+distances with the reference's rounded operations (csrc/include/inrflow/assign.h).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import itertools
+
+import pytest
+import torch
+from emulation import SCHEDULES, build_emulated, requires_emulator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import inrflow.ops as ops
+from inrflow.ops import reference as ref
+
+requires_extension = pytest.mark.skipif(
+    not ops.extension_available("cpu", op="nearest_assign"),
+    reason="inrflow._C with the assignment CPU kernels is not built "
+    "(pip install --no-build-isolation -e .)",
+)
+requires_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and ops.extension_available("cuda", op="nearest_assign")),
+    reason="needs a CUDA GPU and the CUDA kernels",
+)
+
+ASSIGN_CU = "csrc/kernels/assign.cu"
+DTYPE_CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+ALL_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
+CUDA_ERROR_INVALID_VALUE = 1
+MAX_DIM = 8
+HYPO = settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+def nearest_op(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    return torch.ops.inrflow.nearest_assign.default(points, centers)
+
+
+def grid_op(points, shape, low, high) -> torch.Tensor:
+    return torch.ops.inrflow.grid_assign.default(points, list(shape), list(low), list(high))
+
+
+def layout_op(assign: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.ops.inrflow.group_layout.default(assign, k)
+
+
+def tie_points(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
+    """Small-integer coordinates: many exactly equal distances (ties) and duplicate points."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-2, 3, shape, generator=g).to(dtype)
+
+
+def rand(shape: tuple[int, ...], dtype: torch.dtype, seed: int, scale: float = 1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+
+# ------------------------------------------------------------------------------------------------
+# CPU kernels
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize("d", range(1, MAX_DIM + 1))
+def test_cpu_nearest_matches_reference(dtype: torch.dtype, d: int) -> None:
+    # N = 301 is off the 128-point blocks; K = 37 is off the 16 lanes; per-sample centres.
+    for make in (rand, tie_points):
+        points = make((3, 301, d), dtype, d)
+        centers = make((3, 37, d), dtype, d + 100)
+        assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
+        # shared centres (2-D), unbatched points, and 2-D points with batched centres
+        assert torch.equal(nearest_op(points, centers[0]), ref.nearest_assign(points, centers[0]))
+        assert torch.equal(
+            nearest_op(points[1], centers[0]), ref.nearest_assign(points[1], centers[0])
+        )
+        assert torch.equal(nearest_op(points[1], centers), ref.nearest_assign(points[1], centers))
+
+
+@requires_extension
+@pytest.mark.parametrize("d", [2, 3, 5])
+def test_cpu_nearest_across_centre_tiles_and_duplicates(d: int) -> None:
+    # K = 5000 spans several 16 KiB centre tiles; duplicated centres must resolve to the first.
+    centers = rand((2500, d), torch.float32, 1)
+    centers = torch.cat([centers, centers])  # index i and i + 2500 are identical
+    points = torch.cat([rand((700, d), torch.float32, 2), centers[:300]])
+    out = nearest_op(points, centers)
+    assert torch.equal(out, ref.nearest_assign(points, centers))
+    assert (out < 2500).all()
+    assert torch.equal(out[700:], torch.arange(300))
+
+
+@requires_extension
+def test_cpu_nearest_edge_cases() -> None:
+    centers = rand((4, 2), torch.float32, 0)
+    assert nearest_op(torch.empty(0, 2), centers).shape == (0,)
+    assert nearest_op(torch.empty(3, 0, 2), centers).shape == (3, 0)
+    # all points equidistant from all centres (single centre repeated): index 0
+    assert nearest_op(torch.zeros(5, 3), torch.ones(7, 3)).eq(0).all()
+    # overflowing distances tie at +inf: index 0, as the reference
+    big = torch.full((2, 2), 3e38)
+    c = torch.tensor([[-3e38, -3e38], [-3e38, -3e38]])
+    assert torch.equal(nearest_op(big, c), ref.nearest_assign(big, c))
+    # non-contiguous inputs
+    points = rand((2, 50, 6), torch.float32, 3)[..., ::2]
+    centers = rand((2, 9, 3), torch.float32, 4).transpose(0, 1).contiguous().transpose(0, 1)
+    assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
+
+
+def grid_cases() -> list[tuple[tuple[int, ...], list[float], list[float]]]:
+    return [
+        ((7,), [0.0], [1.0]),
+        ((4, 5), [-1.0, 0.0], [1.0, 2.0]),
+        ((3, 4, 2), [0.0, 0.0, -0.5], [1.0, 3.0, 0.5]),
+        ((2, 2, 2, 2), [0.0] * 4, [1.0] * 4),
+    ]
+
+
+def grid_points(shape, low, high, dtype, seed) -> torch.Tensor:
+    """Points inside, outside, on cell boundaries and on centres of the grid."""
+    d = len(shape)
+    lo = torch.tensor(low, dtype=torch.float64)
+    hi = torch.tensor(high, dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    inside = lo + (hi - lo) * torch.rand(200, d, generator=g, dtype=torch.float64)
+    outside = lo + (hi - lo) * (torch.rand(60, d, generator=g, dtype=torch.float64) * 3 - 1)
+    n = torch.tensor(shape, dtype=torch.float64)
+    cells = torch.randint(0, 8, (60, d), generator=g).to(torch.float64)
+    boundaries = lo + (hi - lo) * cells / (2 * n)  # cell edges and centres (ties)
+    return torch.cat([inside, outside, boundaries]).to(dtype)
+
+
+@requires_extension
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+@pytest.mark.parametrize(("shape", "low", "high"), grid_cases())
+def test_cpu_grid_matches_reference(dtype, shape, low, high) -> None:
+    points = grid_points(shape, low, high, dtype, len(shape))
+    expect = ref.grid_assign(points, shape, low, high)
+    assert torch.equal(grid_op(points, shape, low, high), expect)
+    batched = points.reshape(2, -1, len(shape))
+    assert torch.equal(grid_op(batched, shape, low, high), expect.reshape(2, -1))
+    # identical to the brute force on the grid's centres
+    centers = ref.grid_centers(shape, low, high, dtype=dtype)
+    assert torch.equal(grid_op(points, shape, low, high), nearest_op(points, centers))
+
+
+def check_layout(assign: torch.Tensor, k: int, perm: torch.Tensor, offsets: torch.Tensor) -> None:
+    p_ref, o_ref = ref.group_layout(assign, k)
+    assert perm.dtype == torch.int64 and offsets.dtype == torch.int32
+    assert torch.equal(perm, p_ref)
+    assert torch.equal(offsets, o_ref)
+
+
+@requires_extension
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
+@pytest.mark.parametrize(
+    ("batch", "n", "k"),
+    [(1, 0, 3), (2, 1, 1), (3, 100, 7), (2, 40000, 5), (2, 3000, 20000), (1, 70000, 1)],
+)
+def test_cpu_group_layout_matches_reference(index_dtype, batch, n, k) -> None:
+    # (2, 40000, 5): several 16384-token tiles per row, few keys: stability across tiles.
+    # (2, 3000, 20000): K > N, most groups empty.
+    g = torch.Generator().manual_seed(n + k)
+    assign = torch.randint(0, k, (batch, n), generator=g).to(index_dtype)
+    check_layout(assign, k, *layout_op(assign, k))
+    check_layout(assign[0], k, *layout_op(assign[0], k))  # 1-D input
+    # only a few of the groups used: empty groups between full ones
+    sparse = (assign // 3) * 3 % k
+    check_layout(sparse, k, *layout_op(sparse, k))
+    # non-contiguous
+    wide = torch.randint(0, k, (batch, 2 * n), generator=g).to(index_dtype)[:, ::2]
+    check_layout(wide, k, *layout_op(wide, k))
+
+
+@requires_extension
+def test_cpu_raw_ops_reject_bad_input() -> None:
+    p, c = torch.randn(5, 2), torch.randn(3, 2)
+    with pytest.raises(RuntimeError, match="same coordinate dimension"):
+        nearest_op(p, torch.randn(3, 3))
+    with pytest.raises(RuntimeError, match="K = 0"):
+        nearest_op(p, torch.randn(0, 2))
+    with pytest.raises(RuntimeError, match="d <= 8"):
+        nearest_op(torch.randn(5, 9), torch.randn(3, 9))
+    with pytest.raises(RuntimeError, match="same dtype"):
+        nearest_op(p, c.double())
+    with pytest.raises(RuntimeError, match="batch sizes differ"):
+        nearest_op(torch.randn(2, 5, 2), torch.randn(3, 3, 2))
+    with pytest.raises(RuntimeError, match="float32, float16"):
+        nearest_op(p.int(), c.int())
+    with pytest.raises(RuntimeError, match="low < high"):
+        grid_op(p, (2, 2), (0.0, 1.0), (1.0, 1.0))
+    with pytest.raises(RuntimeError, match="axes but the points"):
+        grid_op(p, (2, 2, 2), (0.0,) * 3, (1.0,) * 3)
+    with pytest.raises(RuntimeError, match="outside"):
+        layout_op(torch.tensor([[0, 3]]), 3)
+    with pytest.raises(RuntimeError, match="outside"):
+        layout_op(torch.tensor([[-1, 0]]), 3)
+    with pytest.raises(RuntimeError, match="overflow"):
+        layout_op(torch.zeros(3, 1, dtype=torch.int64), 2**30)
+    with pytest.raises(RuntimeError, match="int32 or int64"):
+        layout_op(torch.zeros(3), 2)
+
+
+def test_public_api_rejects_bad_input() -> None:
+    p = torch.randn(5, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        ops.nearest_assign(torch.tensor([[0.0, float("nan")]]), p)
+    with pytest.raises(ValueError, match="K = 0"):
+        ops.nearest_assign(p, torch.empty(0, 2))
+    with pytest.raises(ValueError, match="same coordinate dimension"):
+        ops.nearest_assign(p, torch.randn(3, 3))
+    with pytest.raises(ValueError, match="NaN"):
+        ops.grid_assign(torch.tensor([[float("nan"), 0.0]]), (2, 2), 0.0, 1.0)
+    with pytest.raises(ValueError, match="must lie in"):
+        ops.group_layout(torch.tensor([[0, 5]]), 3)
+    with pytest.raises(ValueError, match="overflow"):
+        ops.group_layout(torch.zeros(3, 1, dtype=torch.int64), 2**30)
+
+
+def test_public_api_takes_high_d_on_the_reference() -> None:
+    points, centers = torch.randn(40, 10), torch.randn(6, 10)
+    assert torch.equal(ops.nearest_assign(points, centers), ref.nearest_assign(points, centers))
+
+
+@requires_extension
+def test_opcheck_and_compile() -> None:
+    points, centers = torch.randn(2, 33, 3), torch.randn(2, 9, 3)
+    torch.library.opcheck(torch.ops.inrflow.nearest_assign.default, (points, centers))
+    torch.library.opcheck(torch.ops.inrflow.nearest_assign.default, (points[0], centers))
+    torch.library.opcheck(
+        torch.ops.inrflow.grid_assign.default, (points, [2, 3, 4], [0.0] * 3, [1.0] * 3)
+    )
+    assign = torch.randint(0, 5, (3, 17))
+    torch.library.opcheck(torch.ops.inrflow.group_layout.default, (assign, 5))
+
+    def fn(p, c):
+        idx = ops.nearest_assign(p, c, validate=False)
+        return ops.group_layout(idx, c.shape[-2], validate=False)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    perm, offsets = compiled(points, centers)
+    p_ref, o_ref = ref.group_layout(ref.nearest_assign(points, centers), 9)
+    assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
+
+
+@requires_extension
+@HYPO
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(0, 300),
+    k=st.integers(1, 70),
+    d=st.integers(1, MAX_DIM),
+    shared=st.booleans(),
+    ties=st.booleans(),
+    dtype=st.sampled_from(ALL_DTYPES),
+    seed=st.integers(0, 2**16),
+)
+def test_cpu_nearest_property(batch, n, k, d, shared, ties, dtype, seed) -> None:
+    make = tie_points if ties else rand
+    points = make((batch, n, d), dtype, seed)
+    centers = make((k, d) if shared else (batch, k, d), dtype, seed + 1)
+    assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
+
+
+@requires_extension
+@HYPO
+@given(
+    batch=st.integers(1, 3),
+    n=st.integers(0, 400),
+    k=st.integers(1, 50),
+    seed=st.integers(0, 2**16),
+    int32=st.booleans(),
+)
+def test_cpu_group_layout_property(batch, n, k, seed, int32) -> None:
+    g = torch.Generator().manual_seed(seed)
+    used = torch.randint(0, k, (max(1, k // 3),), generator=g)  # some groups stay empty
+    assign = used[torch.randint(0, used.numel(), (batch, n), generator=g)]
+    assign = assign.to(torch.int32 if int32 else torch.int64)
+    check_layout(assign, k, *layout_op(assign, k))
+
+
+# ------------------------------------------------------------------------------------------------
+# Emulated CUDA kernels
+
+_I32, _I64, _PTR = ctypes.c_int32, ctypes.c_int64, ctypes.c_void_p
+
+
+class GridSpec(ctypes.Structure):
+    _fields_ = [  # ctypes layout of inrflow::assign::GridSpec
+        ("dims", ctypes.c_int32),
+        ("shape", ctypes.c_int64 * MAX_DIM),
+        ("axis_offset", ctypes.c_int64 * MAX_DIM),
+        ("low", ctypes.c_double * MAX_DIM),
+        ("step", ctypes.c_double * MAX_DIM),
+    ]
+
+
+class Emulated:
+    def __init__(self) -> None:
+        self.lib = build_emulated([ASSIGN_CU], "assign")
+        f = self.lib.function
+        self.nearest = f("inrflow_nearest_assign", _I32, _I32, _PTR, _PTR, _PTR, *[_I64] * 6, _PTR)
+        self.grid = f("inrflow_grid_assign", _I32, _I32, _PTR, _PTR, GridSpec, _PTR, _I64, _PTR)
+        self.workspace = f("inrflow_group_layout_workspace", _I64, _I64, _I64, _I64)
+        self.layout = f(
+            "inrflow_group_layout", _I32, _I32, _PTR, _I64, _I64, _I64, _PTR, _PTR, _PTR, _I64, _PTR
+        )
+
+
+@pytest.fixture(scope="module")
+def emulated() -> Emulated:
+    return Emulated()
+
+
+def _ptr(t: torch.Tensor) -> int | None:
+    return t.data_ptr() if t.numel() else None
+
+
+def emulated_nearest(em: Emulated, points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    batched = points.dim() == 3 or centers.dim() == 3
+    pts = points.contiguous()
+    ctr = centers.contiguous()
+    n, d, k = pts.shape[-2], pts.shape[-1], ctr.shape[-2]
+    batch = max(pts.shape[0] if pts.dim() == 3 else 1, ctr.shape[0] if ctr.dim() == 3 else 1)
+    out = torch.full((batch, n), -7, dtype=torch.int64)
+    rc = em.nearest(
+        DTYPE_CODE[pts.dtype],
+        _ptr(pts),
+        _ptr(ctr),
+        _ptr(out),
+        batch,
+        n,
+        k,
+        d,
+        n * d if pts.dim() == 3 else 0,
+        k * d if ctr.dim() == 3 else 0,
+        None,
+    )
+    assert rc == 0, em.lib.last_error()
+    return out if batched else out[0]
+
+
+def emulated_grid(em: Emulated, points: torch.Tensor, shape, low, high) -> torch.Tensor:
+    compute = torch.float64 if points.dtype == torch.float64 else torch.float32
+    table = torch.cat(
+        [
+            ref._axis_centers(n, lo, hi, points.dtype, "cpu").to(compute)
+            for n, lo, hi in zip(shape, low, high, strict=True)
+        ]
+    )
+    spec = GridSpec()
+    spec.dims = len(shape)
+    offset = 0
+    for j, (n, lo, hi) in enumerate(zip(shape, low, high, strict=True)):
+        spec.shape[j], spec.axis_offset[j] = n, offset
+        spec.low[j], spec.step[j] = lo, (hi - lo) / n
+        offset += n
+    pts = points.contiguous()
+    out = torch.full(pts.shape[:-1], -7, dtype=torch.int64)
+    rc = em.grid(DTYPE_CODE[pts.dtype], _ptr(pts), _ptr(table), spec, _ptr(out), out.numel(), None)
+    assert rc == 0, em.lib.last_error()
+    return out
+
+
+def emulated_layout(em: Emulated, assign: torch.Tensor, k: int):
+    rows = assign.contiguous() if assign.dim() == 2 else assign.reshape(1, -1)
+    batch, n = rows.shape
+    slots = em.workspace(batch, n, k)
+    assert slots >= 0
+    workspace = torch.full((max(slots, 1),), 12345, dtype=torch.int32)  # garbage: must be reset
+    perm = torch.full(assign.shape, -7, dtype=torch.int64)
+    offsets = torch.full((batch * k + 1,), -7, dtype=torch.int32)
+    rc = em.layout(
+        rows.element_size(),
+        _ptr(rows),
+        batch,
+        n,
+        k,
+        _ptr(perm),
+        _ptr(offsets),
+        workspace.data_ptr(),
+        slots,
+        None,
+    )
+    assert rc == 0, em.lib.last_error()
+    return perm, offsets
+
+
+@requires_emulator
+@pytest.mark.emulated
+@pytest.mark.parametrize(("order", "seed"), SCHEDULES)
+def test_emulated_nearest_matches_reference(emulated, order: str, seed: int) -> None:
+    emulated.lib.set_schedule(order, seed)
+    # N = 300 is off the 256-thread blocks, K = 300 crosses the 256-centre shared tiles.
+    cases = [(2, torch.float32), (3, torch.float16), (1, torch.float64), (5, torch.bfloat16)]
+    for d, dtype in cases:
+        for make in (rand, tie_points):
+            points = make((2, 300, d), dtype, seed + d)
+            centers = make((2, 300, d), dtype, seed + d + 1)
+            expect = ref.nearest_assign(points, centers)
+            assert torch.equal(emulated_nearest(emulated, points, centers), expect)
+        shared = rand((70, d), dtype, 5)
+        assert torch.equal(
+            emulated_nearest(emulated, points, shared), ref.nearest_assign(points, shared)
+        )
+        assert torch.equal(
+            emulated_nearest(emulated, points[0], centers), ref.nearest_assign(points[0], centers)
+        )
+    # d = 8 and duplicated centres: the first copy wins
+    centers = rand((40, 8), torch.float32, 9).repeat(2, 1)
+    points = torch.cat([rand((30, 8), torch.float32, 8), centers[:10]])
+    out = emulated_nearest(emulated, points, centers)
+    assert torch.equal(out, ref.nearest_assign(points, centers)) and (out < 40).all()
+
+
+@requires_emulator
+@pytest.mark.emulated
+@pytest.mark.parametrize(("order", "seed"), SCHEDULES)
+def test_emulated_grid_matches_reference(emulated, order: str, seed: int) -> None:
+    emulated.lib.set_schedule(order, seed)
+    for (shape, low, high), dtype in zip(grid_cases(), ALL_DTYPES, strict=True):
+        points = grid_points(shape, low, high, dtype, seed)
+        expect = ref.grid_assign(points, shape, low, high)
+        assert torch.equal(emulated_grid(emulated, points, shape, low, high), expect)
+
+
+@requires_emulator
+@pytest.mark.emulated
+@pytest.mark.parametrize(("order", "seed"), SCHEDULES)
+def test_emulated_group_layout_is_a_stable_sort(emulated, order: str, seed: int) -> None:
+    emulated.lib.set_schedule(order, seed)
+    g = torch.Generator().manual_seed(seed)
+    # (2, 2500, 5): three 1024-token tiles per row, few keys (stability within and across tiles
+    # and warps); (3, 37, 1100): K > tile size, most groups empty; N = 0; K = 1.
+    for batch, n, k in [(2, 2500, 5), (3, 37, 1100), (2, 0, 4), (1, 100, 1)]:
+        for dtype in (torch.int32, torch.int64):
+            assign = torch.randint(0, k, (batch, n), generator=g).to(dtype)
+            check_layout(assign, k, *emulated_layout(emulated, assign, k))
+
+
+@requires_emulator
+@pytest.mark.emulated
+def test_emulated_launchers_reject_bad_arguments(emulated) -> None:
+    em = emulated
+    buf = torch.zeros(64, dtype=torch.float32)
+    out = torch.zeros(64, dtype=torch.int64)
+    p = buf.data_ptr()
+    bad = [
+        em.nearest(0, p, p, out.data_ptr(), 1, 4, 0, 2, 0, 0, None),  # K = 0
+        em.nearest(0, p, p, out.data_ptr(), 1, 4, 2, 9, 0, 0, None),  # d > 8
+        em.nearest(9, p, p, out.data_ptr(), 1, 4, 2, 2, 0, 0, None),  # dtype code
+        em.nearest(0, None, p, out.data_ptr(), 1, 4, 2, 2, 0, 0, None),  # null pointer
+        em.layout(2, p, 1, 4, 3, out.data_ptr(), p, p, 64, None),  # index size
+        em.layout(8, p, 1, 4, 3, out.data_ptr(), p, p, 0, None),  # workspace too small
+        em.layout(8, p, 2, 4, 2**30, out.data_ptr(), p, p, 2**40, None),  # int32 offsets overflow
+    ]
+    assert bad == [CUDA_ERROR_INVALID_VALUE] * len(bad)
+    spec = GridSpec()
+    spec.dims = 9
+    assert em.grid(0, p, p, spec, out.data_ptr(), 4, None) == CUDA_ERROR_INVALID_VALUE
+
+
+@requires_emulator
+@pytest.mark.emulated
+@settings(
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    n=st.integers(0, 300),
+    k=st.integers(1, 300),
+    d=st.integers(1, MAX_DIM),
+    ties=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_emulated_property(emulated, n, k, d, ties, seed) -> None:
+    emulated.lib.set_schedule("random", seed)
+    make = tie_points if ties else rand
+    points = make((2, n, d), torch.float32, seed)
+    centers = make((2, k, d), torch.float32, seed + 1)
+    expect = ref.nearest_assign(points, centers)
+    assert torch.equal(emulated_nearest(emulated, points, centers), expect)
+    g = torch.Generator().manual_seed(seed)
+    assign = torch.randint(0, k, (2, n), generator=g)
+    check_layout(assign, k, *emulated_layout(emulated, assign, k))
+
+
+# ------------------------------------------------------------------------------------------------
+# CUDA (skipped without a GPU)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
+def test_cuda_kernels_match_reference(dtype: torch.dtype) -> None:
+    for d, make in itertools.product(range(1, MAX_DIM + 1), (rand, tie_points)):
+        points = make((3, 1000, d), dtype, d).cuda()
+        centers = make((3, 300, d), dtype, d + 1).cuda()
+        assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
+        assert torch.equal(nearest_op(points, centers[0]), ref.nearest_assign(points, centers[0]))
+    for shape, low, high in grid_cases():
+        points = grid_points(shape, low, high, dtype, 0).cuda()
+        expect = ref.grid_assign(points, shape, low, high)
+        assert torch.equal(grid_op(points, shape, low, high), expect)
+    for batch, n, k in [(2, 70000, 5), (3, 1000, 3000), (2, 0, 4)]:
+        assign = torch.randint(0, k, (batch, n), device="cuda")
+        check_layout(assign, k, *layout_op(assign, k))
+        check_layout(assign.int(), k, *layout_op(assign.int(), k))
+
+
+# ------------------------------------------------------------------------------------------------
+# Generators and the model
+
+
+def test_generators_are_deterministic_per_seed() -> None:
+    from inrflow.ops import pseudo_coords as pc
+
+    a = pc.kmeans_pp_centers(32, 3, -1.0, 1.0, seed=3, sample=2000, lloyd_steps=3)
+    b = pc.kmeans_pp_centers(32, 3, -1.0, 1.0, seed=3, sample=2000, lloyd_steps=3)
+    c = pc.kmeans_pp_centers(32, 3, -1.0, 1.0, seed=4, sample=2000, lloyd_steps=3)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    with ops.use_backend("reference"):  # the kernels are bit-identical: same centres
+        assert torch.equal(
+            a, pc.kmeans_pp_centers(32, 3, -1.0, 1.0, seed=3, sample=2000, lloyd_steps=3)
+        )
+    pts = torch.rand(3000, 3) * 2 - 1
+    h1, c1 = pc.hash_assign(pts, 8, 64, -1.0, 1.0, seed=1)
+    h2, c2 = pc.hash_assign(pts, 8, 64, -1.0, 1.0, seed=1)
+    h3, _ = pc.hash_assign(pts, 8, 64, -1.0, 1.0, seed=2)
+    assert torch.equal(h1, h2) and torch.equal(c1, c2) and not torch.equal(h1, h3)
+    # the voxel is the grid cell of grid_assign: its centre is the nearest voxel centre
+    centres = ops.grid_centers((8, 8, 8), -1.0, 1.0)
+    vox = ops.grid_assign(pts, (8, 8, 8), -1.0, 1.0)
+    torch.testing.assert_close(c1, centres[vox])
+
+
+def test_model_reexports_the_generators() -> None:
+    from inrflow.model import pseudo_coords as model_pc
+    from inrflow.ops import pseudo_coords as pc
+
+    for name in ("grid_coords", "random_centers", "kmeans_pp", "kmeans_pp_centers", "hash_assign"):
+        assert getattr(model_pc, name) is getattr(pc, name)
+
+
+@requires_extension
+@pytest.mark.parametrize("kind", ["grid", "kmeans++"])
+def test_encoder_uses_the_kernels_by_default(monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    from inrflow.model import build_model
+
+    def boom(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the reference was called although a kernel is registered")
+
+    model = build_model("tiny", pseudo_coords=kind).eval()
+    g = torch.Generator().manual_seed(0)
+    coords = torch.rand(2, 64, 2, generator=g)
+    values = torch.randn(2, 64, 3, generator=g)
+    t = torch.rand(2, generator=g)
+    with torch.no_grad(), ops.use_backend("reference"):
+        expect = model(coords, values, t, coords, values)
+    for name in ("nearest_assign", "grid_assign", "group_layout"):
+        monkeypatch.setattr(ref, name, boom)
+    with torch.no_grad():
+        out = model(coords, values, t, coords, values)
+    torch.testing.assert_close(out, expect)
