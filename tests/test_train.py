@@ -241,6 +241,24 @@ def test_profile_writes_a_trace(tmp_path) -> None:
     assert len(traces) == 1 and traces[0].stat().st_size > 1000
 
 
+def test_profile_window_is_bounded_and_traced_on_cpu(tmp_path) -> None:
+    """--profile on the CPU: wait, measure a window of steps, stop; a Chrome trace with the
+    step and phase ranges and an op summary; no checkpoint, no samples."""
+    window = ["--profile", "--profile-wait", "1", "--profile-steps", "2"]
+    cfg = parse_args([*tiny_argv(tmp_path, steps=50, ckpt_every=1), *window])
+    summary = train(cfg)
+    assert summary["step"] == 3 and summary["profile_steps"] == 2
+    assert summary["profile_seconds"] > 0
+    trace = json.loads((tmp_path / "profile" / "trace_rank0.json").read_text())
+    names = {e.get("name") for e in trace["traceEvents"]}
+    assert {"step 2", "step 3", "forward", "backward", "optimizer"} <= names
+    assert "step 1" not in names  # the wait step is outside the window
+    assert "steps/s" in (tmp_path / "profile" / "summary_rank0.txt").read_text()
+    assert not (tmp_path / "checkpoints").exists() or not ckpt_steps(tmp_path)
+    with pytest.raises(ValueError, match="profile-trace"):
+        parse_args([*tiny_argv(tmp_path), "--profile-trace", "maybe"])
+
+
 @pytest.mark.slow
 def test_compiled_blocks_match_eager_and_checkpoints_stay_portable(tmp_path) -> None:
     train(tiny_config(tmp_path / "eager", steps=2, ckpt_every=0))

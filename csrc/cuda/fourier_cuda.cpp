@@ -13,11 +13,13 @@
 #include "../cpu/fourier_ops.h"
 #include "cuda_utils.h"
 #include "inrflow/fourier.h"
+#include "inrflow/nvtx.h"
 
 namespace inrflow {
 namespace {
 
 at::Tensor fourier_embed_cuda(const at::Tensor& x, const at::Tensor& freqs, bool include_input) {
+  INRFLOW_NVTX_RANGE("inrflow::fourier_embed (cuda)");
   const FourierDims d = check_fourier_forward(x, freqs, include_input);
   TORCH_CHECK(x.is_cuda(), "inrflow::fourier_embed: the CUDA kernel got a tensor on ", x.device());
   const c10::cuda::CUDAGuard guard(x.device());
@@ -35,6 +37,7 @@ at::Tensor fourier_embed_cuda(const at::Tensor& x, const at::Tensor& freqs, bool
 
 at::Tensor fourier_embed_backward_cuda(const at::Tensor& grad_out, const at::Tensor& out,
                                        const at::Tensor& freqs, bool include_input) {
+  INRFLOW_NVTX_RANGE("inrflow::fourier_embed_backward (cuda)");
   const FourierDims d = check_fourier_backward(grad_out, out, freqs, include_input);
   TORCH_CHECK(out.is_cuda(), "inrflow::fourier_embed_backward: the CUDA kernel got a tensor on ",
               out.device());

@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 ENCODERS = ("local", "perceiver", "linear")
-ENCODER_FORMS = ("folded", "unfolded")
+ENCODER_FORMS = ("folded", "unfolded", "dense")
 PSEUDO_COORDS = ("grid", "random", "kmeans++", "hash", "residue")
 COND_NULLS = ("learned", "zeros")
 DOMAINS = ("image", "pointcloud", "protein")
@@ -44,6 +44,9 @@ class INRFlowConfig:
     # --- encoder -------------------------------------------------------------------------------
     encoder: str = "local"  # local (spatial-aware) | perceiver (global) | linear (INRFlow-linear)
     encoder_form: str = "folded"  # local encoder: W_k folded into the query (DESIGN §5.2)
+    # "unfolded": K/V of every token, grouped_cross_attention; "dense": the authors' composition
+    # (equal-size groups reshaped to [B*K, P, H], K/V of every token, dense per-patch SDPA), the
+    # yardstick of the benchmarks; it needs every group to hold the same number of points.
     encoder_heads: int = 16  # heads of the local encoder's cross-attention (the authors: 16)
     pseudo_coords: str = "grid"  # grid | random | kmeans++ | hash
     latent_grid: tuple[int, ...] | None = None  # grid shape; default: balanced factors of K

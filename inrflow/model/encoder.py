@@ -6,7 +6,9 @@
   have no norm, so ``q_h . (W_k,h x + b_k,h) = (W_k,h^T q_h) . x + const`` (the constant cancels
   in the softmax) and ``sum_j a_j (W_v x_j + b_v) = W_v (sum_j a_j x_j) + b_v``. Attention then
   runs as MQA over the raw token features (one kv head of width H) and W_v is applied to the
-  pooled features: per token ``2 h H`` MACs instead of ``2 H^2 + 2 H``.
+  pooled features: per token ``2 h H`` MACs instead of ``2 H^2 + 2 H``. ``dense`` is the
+  authors' composition of the same function (gather, reshape into equal patches, K/V of every
+  token, one SDPA per patch); it exists as the yardstick of the benchmarks (``inrflow.perf``).
 - ``LinearEncoder`` (INRFlow-linear): mean of each group, then a Linear.
 - ``PerceiverEncoder``: vanilla PerceiverIO, learned latents attend to all context tokens.
 
@@ -17,6 +19,7 @@ points (memory for ``trunk_reads_context``).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from inrflow import ops
@@ -101,6 +104,8 @@ class LocalEncoder(_GroupedEncoder):
             w_v = self.v.weight.view(heads, d, h).to(pooled.dtype)
             out = torch.einsum("ghc,hdc->ghd", pooled, w_v).reshape(b * k_lat, h)
             out = out + self.v.bias * nonempty.unsqueeze(-1).to(out.dtype)  # empty group -> 0
+        elif self.form == "dense":
+            out = self._dense(xs, offsets, q, b).reshape(b * k_lat, h)
         else:
             k = self.k(xs).view(-1, heads, d)  # [T, heads, D]
             v = self.v(xs).view(-1, heads, d)
@@ -109,6 +114,26 @@ class LocalEncoder(_GroupedEncoder):
                 q_b.to(k.dtype), k, v, offsets, scale=scale, validate=False
             ).reshape(-1, h)
         return self.mlp(self.norm(out.view(b, k_lat, h))), x
+
+    def _dense(
+        self, xs: torch.Tensor, offsets: torch.Tensor, q: torch.Tensor, b: int
+    ) -> torch.Tensor:
+        """The authors' composition: patches ``[B*K, P, H]`` -> K/V -> SDPA with one query each."""
+        k_lat, heads, d = q.shape
+        groups, tokens = b * k_lat, xs.shape[0]
+        p = tokens // groups
+        equal = offsets.is_meta or torch.equal(  # meta: shapes only (FLOP counting)
+            offsets.long(), torch.arange(groups + 1, device=offsets.device) * p
+        )
+        if p * groups != tokens or not equal:
+            raise ValueError(
+                "encoder_form='dense' needs every latent to own the same number of points "
+                "(e.g. a full image raster on a grid of latents); use 'folded' otherwise"
+            )
+        k = self.k(xs).view(groups, p, heads, d).transpose(1, 2)  # [B*K, heads, P, D]
+        v = self.v(xs).view(groups, p, heads, d).transpose(1, 2)
+        q_b = q.unsqueeze(0).expand(b, -1, -1, -1).reshape(groups, heads, 1, d).to(k.dtype)
+        return F.scaled_dot_product_attention(q_b, k, v)  # [B*K, heads, 1, D]
 
 
 class LinearEncoder(_GroupedEncoder):

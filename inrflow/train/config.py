@@ -103,7 +103,23 @@ class TrainConfig:
         0, "class-conditional samples drawn (and scored, for digits) at the end of the run"
     )
     max_nonfinite: int = _f(20, "stop with an error after this many non-finite steps in a row")
-    profile: bool = _f(False, "record a torch.profiler trace of steps 5-10 into --out/profile")
+    profile: bool = _f(
+        False,
+        "profile a bounded window: --profile-wait steps, then --profile-steps measured steps, "
+        "then stop (no checkpoint, no samples). CUDA: NVTX ranges and cudaProfilerStart/Stop "
+        "around the window (nsys --capture-range=cudaProfilerApi); CPU: a torch.profiler trace "
+        "in --out/profile (see docs/PERFORMANCE.md)",
+    )
+    profile_wait: int = _f(5, "steps run before the profiled window (warm-up, compilation)")
+    profile_steps: int = _f(5, "steps in the profiled window")
+    profile_trace: str = _f(
+        "auto",
+        "auto|on|off: also record the window with torch.profiler (Chrome trace + op summary in "
+        "--out/profile); auto = on for the CPU, off on CUDA (it would compete with Nsight)",
+    )
+    profile_nvtx_ops: bool = _f(
+        False, "wrap the window in torch.autograd.profiler.emit_nvtx: an NVTX range per aten op"
+    )
 
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
@@ -141,6 +157,10 @@ class TrainConfig:
         for name in ("ckpt_every", "sample_every", "final_samples", "workers", "warmup_steps"):
             if getattr(self, name) < 0:
                 bad(f"--{name.replace('_', '-')} must be >= 0")
+        if self.profile_wait < 0 or self.profile_steps < 1:
+            bad("--profile-wait must be >= 0 and --profile-steps >= 1")
+        if self.profile_trace not in ("auto", "on", "off"):
+            bad(f"--profile-trace must be auto, on or off, got {self.profile_trace!r}")
         if self.keep_ckpts < 1:
             bad(f"--keep-ckpts must be >= 1, got {self.keep_ckpts}")
         if self.log_every < 1 or self.max_nonfinite < 1:

@@ -40,6 +40,7 @@ from .config import TrainConfig
 from .distributed import Dist, init_distributed
 from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
+from .profiler import ProfileWindow
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 
@@ -210,6 +211,7 @@ class Trainer:
         self._stop_signal: int | None = None
         self._nonfinite_run = 0
         self._saved_step = self.step if self.resumed_from is not None else -1
+        self._window: ProfileWindow | None = None
 
     # -- helpers ---------------------------------------------------------------------------------
     def _say(self, msg: str) -> None:
@@ -344,7 +346,7 @@ class Trainer:
         lr = lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with nvtx_range("forward"):
+        with self._range("forward"):
             loss = self.compute_loss(batch)
         # one collective: the mean loss (finite on all ranks or not), any stop request, and the
         # unreadable files the ranks' loaders passed over
@@ -358,9 +360,9 @@ class Trainer:
         if not math.isfinite(mean_loss):
             self._skip(f"non-finite loss {mean_loss}")
             return mean_loss, float("nan"), True
-        with nvtx_range("backward"):
+        with self._range("backward"):
             loss.backward()
-        with nvtx_range("optimizer"):
+        with self._range("optimizer"):
             params = [p for p in self.model.parameters() if p.grad is not None]
             clip = self.cfg.grad_clip if self.cfg.grad_clip > 0 else float("inf")
             norm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
@@ -375,6 +377,14 @@ class Trainer:
             self.ema.update()
         self._nonfinite_run = 0
         return mean_loss, grad_norm, False
+
+    def _range(self, name: str) -> contextlib.ExitStack:
+        """The NVTX range of a step phase, also a torch.profiler range inside a traced window."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(nvtx_range(name))
+        if self._window is not None:
+            stack.enter_context(self._window.phase(name))
+        return stack
 
     def _skip(self, why: str) -> None:
         self.skipped_steps += 1
@@ -424,17 +434,19 @@ class Trainer:
         )
         self._logger = logger
         previous = self._install_signal_handlers()
-        profiler = self._profiler()
+        window = self._window = self._profile_window()
         t_start = time.perf_counter()
         start_step = self.step
         batches = iter(self.loader)
         try:
-            with profiler or nullcontext(), warnings.catch_warnings():
+            with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_FSDP_VIEW_WARNING)
                 while self.step < cfg.steps:
-                    with nvtx_range("data"):
-                        batch = self._to_device(next(batches))
-                    loss, grad_norm, _skipped = self.train_step(batch)
+                    in_window = window.step(self.step - start_step) if window else nullcontext()
+                    with in_window:
+                        with self._range("data"):
+                            batch = self._to_device(next(batches))
+                        loss, grad_norm, _skipped = self.train_step(batch)
                     self.step += 1
                     logger.log_step(
                         self.step,
@@ -443,22 +455,27 @@ class Trainer:
                         self.optimizer.param_groups[0]["lr"],
                         self.skipped_files,
                     )
-                    if profiler is not None:
-                        profiler.step()
                     if self._stop_signal is not None:
                         break
+                    if window is not None:  # a profile run: measure, then stop
+                        if window.done:
+                            break
+                        continue
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self.save_checkpoint()
                     last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
                         self.write_samples(logger)
+            if window is not None:
+                window.abort()  # the run ended before the window did
             elapsed = time.perf_counter() - t_start
             logger.close_bar()
             if self._stop_signal is not None:
                 name = signal.Signals(self._stop_signal).name
                 logger.write(f"[inrflow] {name} received: saving a checkpoint at step {self.step}")
-            if self._saved_step != self.step and (
-                self.step > start_step or self._stop_signal is not None
+            if window is None and (
+                self._saved_step != self.step
+                and (self.step > start_step or self._stop_signal is not None)
             ):
                 self.save_checkpoint()
             summary: dict[str, Any] = {
@@ -476,29 +493,38 @@ class Trainer:
                 f"({summary['steps_per_second']:.3g} steps/s, "
                 f"{summary['steps_per_second'] * cfg.batch_size:.3g} samples/s)"
             )
-            if self._stop_signal is None:
+            if window is not None:
+                summary.update(window.summary())
+                if "profile_seconds" in summary:
+                    self._say(
+                        f"profiled {summary['profile_steps']} steps in "
+                        f"{summary['profile_seconds']:.3f} s "
+                        f"({summary['profile_steps_per_second']:.3g} steps/s)"
+                        + "".join(f"; {f}" for f in summary["profile_files"])
+                    )
+            elif self._stop_signal is None:
                 summary.update(self.finish(logger))
         finally:
+            if window is not None:
+                window.abort()
             for sig, h in previous.items():
                 signal.signal(sig, h)
             logger.close()
             self._logger = None
         return summary
 
-    def _profiler(self) -> Any:
+    def _profile_window(self) -> ProfileWindow | None:
         if not self.cfg.profile:
             return None
-        from torch.profiler import ProfilerActivity, profile, schedule, tensorboard_trace_handler
-
-        acts = [ProfilerActivity.CPU] + (
-            [ProfilerActivity.CUDA] if self.device.type == "cuda" else []
-        )
-        return profile(
-            activities=acts,
-            schedule=schedule(wait=4, warmup=1, active=5, repeat=1),
-            on_trace_ready=tensorboard_trace_handler(
-                str(self.out / "profile"), f"rank{self.dist.rank}"
-            ),
+        return ProfileWindow(
+            0,
+            self.cfg.profile_wait,
+            self.cfg.profile_steps,
+            self.device,
+            self.out,
+            self.dist.rank,
+            trace=self.cfg.profile_trace,
+            nvtx_ops=self.cfg.profile_nvtx_ops,
         )
 
     # -- sampling --------------------------------------------------------------------------------
