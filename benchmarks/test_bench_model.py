@@ -23,6 +23,7 @@ Sizes: ``tiny`` on a 32^2 raster, ``S`` on 64^2 (1024 queries, 25%); under --ben
 
 from __future__ import annotations
 
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -260,11 +261,18 @@ def test_whole_step(benchmark, who, smoke) -> None:
         benchmark.pedantic(step, rounds=_rounds(size), warmup_rounds=0)
 
 
+@pytest.mark.parametrize("side", [64, 256])
 @pytest.mark.benchmark(group="whole step paired")
-def test_whole_step_paired(benchmark, smoke) -> None:
+def test_whole_step_paired(benchmark, smoke, side) -> None:
     """Alternate one step of each path; ``extra_info`` holds both medians and the ratio. The
-    first step of both must give the same loss (the same function, the same weights)."""
-    size, side, queries, b = _setting("tiny" if smoke else "S", smoke)
+    first step of both must give the same loss (the same function, the same weights). The 256^2
+    variant (16,384 queries, ~1 min per pair on 2 cores) runs with INRFLOW_BENCH_LARGE=1."""
+    if side == 256 and (smoke or os.environ.get("INRFLOW_BENCH_LARGE") != "1"):
+        pytest.skip("set INRFLOW_BENCH_LARGE=1 for the 256^2 whole-step comparison")
+    size, side_s, queries, b = _setting("tiny" if smoke else "S", smoke)
+    if side == 256:
+        side_s, queries = 256, 16384
+    side = side_s
     benchmark.group = f"whole step paired {size} {side}^2 (one round = ours + authors)"
     batch, built = _paths(size, side, queries, b)
     steps = {who: _train_step(m, o, batch) for who, (m, o) in built.items()}
@@ -282,7 +290,7 @@ def test_whole_step_paired(benchmark, smoke) -> None:
                 steps[who]()
                 times[who].append(time.perf_counter() - t0)
 
-    benchmark.pedantic(pair, rounds=_rounds(size) + 2, warmup_rounds=0)
+    benchmark.pedantic(pair, rounds=3 if side == 256 else _rounds(size) + 2, warmup_rounds=0)
     med = {who: statistics.median(v) for who, v in times.items()}
     benchmark.extra_info.update(
         {
