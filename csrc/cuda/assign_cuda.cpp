@@ -15,11 +15,13 @@
 #include "../cpu/assign_ops.h"
 #include "cuda_utils.h"
 #include "inrflow/assign.h"
+#include "inrflow/nvtx.h"
 
 namespace inrflow {
 namespace {
 
 at::Tensor nearest_assign_cuda(const at::Tensor& points, const at::Tensor& centers) {
+  INRFLOW_NVTX_RANGE("inrflow::nearest_assign (cuda)");
   const NearestDims dims = check_nearest_assign(points, centers);
   TORCH_CHECK(points.is_cuda(), "inrflow::nearest_assign: the CUDA kernel got a tensor on ",
               points.device());
@@ -39,6 +41,7 @@ at::Tensor nearest_assign_cuda(const at::Tensor& points, const at::Tensor& cente
 
 at::Tensor grid_assign_cuda(const at::Tensor& points, c10::IntArrayRef grid_shape,
                             c10::ArrayRef<double> low, c10::ArrayRef<double> high) {
+  INRFLOW_NVTX_RANGE("inrflow::grid_assign (cuda)");
   const assign::GridSpec spec = check_grid_assign(points, grid_shape, low, high);
   TORCH_CHECK(points.is_cuda(), "inrflow::grid_assign: the CUDA kernel got a tensor on ",
               points.device());
@@ -58,6 +61,7 @@ at::Tensor grid_assign_cuda(const at::Tensor& points, c10::IntArrayRef grid_shap
 
 std::tuple<at::Tensor, at::Tensor> group_layout_cuda(const at::Tensor& assign,
                                                      int64_t num_groups) {
+  INRFLOW_NVTX_RANGE("inrflow::group_layout (cuda)");
   const auto [batch, n] = check_group_layout(assign, num_groups);
   TORCH_CHECK(assign.is_cuda(), "inrflow::group_layout: the CUDA kernel got a tensor on ",
               assign.device());

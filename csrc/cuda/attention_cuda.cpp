@@ -17,6 +17,7 @@
 #include "../cpu/attention_ops.h"
 #include "cuda_utils.h"
 #include "inrflow/grouped_attention.h"
+#include "inrflow/nvtx.h"
 
 namespace inrflow {
 namespace {
@@ -33,6 +34,7 @@ at::Tensor workspace(const char* op, const at::Tensor& like, int64_t nbytes) {
 std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& v, const at::Tensor& offsets,
                                                 double scale) {
+  INRFLOW_NVTX_RANGE("inrflow::grouped_cross_attention_forward (cuda)");
   const AttentionDims d = check_attention(kFwd, q, k, v, offsets, scale);
   TORCH_CHECK(q.is_cuda(), kFwd, ": the CUDA kernel got a tensor on ", q.device());
   const c10::cuda::CUDAGuard guard(q.device());
@@ -60,6 +62,7 @@ std::tuple<at::Tensor, at::Tensor> forward_cuda(const at::Tensor& q, const at::T
 std::tuple<at::Tensor, at::Tensor, at::Tensor> backward_cuda(
     const at::Tensor& grad_out, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const at::Tensor& offsets, const at::Tensor& out, const at::Tensor& lse, double scale) {
+  INRFLOW_NVTX_RANGE("inrflow::grouped_cross_attention_backward (cuda)");
   const AttentionDims d = check_attention(kBwd, q, k, v, offsets, scale);
   check_attention_backward(kBwd, d, q, grad_out, out, lse);
   TORCH_CHECK(q.is_cuda(), kBwd, ": the CUDA kernel got a tensor on ", q.device());
