@@ -319,6 +319,7 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
             split=split,
             position_scale=info["position_scale"],
             residue_embeddings=info.get("residue_embeddings"),
+            frame=info.get("frame", "file"),  # checkpoints from before the frame option
         )
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None

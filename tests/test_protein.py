@@ -23,6 +23,7 @@ from inrflow.data.proteins import (
     atom_features,
     bundled_protein_files,
     parse_structure,
+    principal_frame,
     write_pdb,
 )
 from inrflow.metrics import lddt, tm_score
@@ -180,6 +181,71 @@ def test_dataset_items(dataset: ProteinDataset) -> None:
             1
         )
         assert match.any()
+
+
+def test_principal_frame_is_canonical(dataset: ProteinDataset) -> None:
+    """The training target of a chain is one structure, whatever the file's orientation."""
+    ex = dataset.example(2)
+    xyz, ca = ex["xyz"], ex["ca_index"][ex["ca_index"] >= 0]
+    rot, _ = np.linalg.qr(np.random.default_rng(3).standard_normal((3, 3)))
+    rot *= np.sign(np.linalg.det(rot))  # a proper rotation
+    r1, r2 = principal_frame(xyz, ca), principal_frame(xyz @ rot.T, ca)
+    np.testing.assert_allclose(xyz @ r1.T, (xyz @ rot.T) @ r2.T, atol=1e-8)
+    assert np.linalg.det(r1) == pytest.approx(1.0)  # no mirror image: chirality is kept
+    var = (xyz[ca] @ r1.T).var(0)
+    assert var[0] >= var[1] >= var[2]  # largest spread first
+    # the dataset's values are in that frame, the same for every draw without rotation
+    np.testing.assert_allclose(xyz, ex["xyz"])
+    assert not dataset.rotate and dataset.frame == "principal"
+    a, b = (
+        dataset.example(2, np.random.default_rng(0)),
+        dataset.example(2, np.random.default_rng(1)),
+    )
+    np.testing.assert_allclose(a["xyz"], b["xyz"])
+    rotated = dataset.with_split("train")
+    rotated.rotate = True
+    c = rotated.example(2, np.random.default_rng(0))
+    assert not np.allclose(c["xyz"], a["xyz"])  # augmentation, when asked for
+    centred = ProteinDataset(dataset.source, split="train", frame="file", chains=dataset.all_chains)
+    f = centred.example(2)["xyz"]
+    c2 = dataset.chain(2)
+    np.testing.assert_allclose(f, c2.xyz[ex["atom_index"]] - c2.xyz[ex["atom_index"]].mean(0))
+
+
+def test_atom_prediction_reads_its_own_residue_latent(dataset: ProteinDataset) -> None:
+    """query_reads_group: an atom's velocity depends on its residue's latent, and no other
+    atom's does (the decoder's keys/values are held fixed, so only the direct path counts)."""
+    ds = dataset
+    torch.manual_seed(0)
+    model = build_model("tiny", "protein", coord_dim=ds.coord_dim, num_latents=ds.max_residues)
+    model.eval()
+    torch.nn.init.normal_(model.final.linear.weight, std=0.1)  # zero-init: output would be 0
+    ex = ds.example(0)
+    coords, values = ex["coords"][None], torch.randn(1, ds.num_atoms, 3)
+    with torch.no_grad():
+        enc = model.encode(coords, values, torch.tensor([0.3]))
+        base = model.decode(enc, coords, values)
+        lat = enc.latents.clone()
+        lat[0, 5] += torch.randn(lat.shape[-1])
+        moved = model.decode(enc._replace(latents=lat), coords, values)
+    real = ex["num_real"]
+    res = ds.chain(0).atom_residue[ex["atom_index"]]
+    change = (moved - base).abs().amax(-1)[0, :real].numpy()
+    assert change[res == 5].min() > 1e-3
+    assert change[res != 5].max() == 0.0
+
+
+def test_value_embedding_sees_the_magnitude() -> None:
+    """LN(W v) is blind to |v| (until its bias learns otherwise); the Fourier branch is not."""
+    from inrflow.model.embeddings import ValueEmbedder
+
+    torch.manual_seed(0)
+    v = torch.randn(5, 3)
+    plain = ValueEmbedder(3, 32)
+    torch.nn.init.zeros_(plain.proj.bias)
+    torch.testing.assert_close(plain(v), plain(2 * v), atol=1e-3, rtol=0)  # up to LN eps
+    rich = ValueEmbedder(3, 32, fourier_freqs=4)
+    assert (rich(v) - rich(2 * v)).abs().max() > 1e-2
 
 
 def test_residue_grouping_puts_each_residue_in_its_latent(dataset: ProteinDataset) -> None:

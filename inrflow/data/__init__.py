@@ -53,12 +53,15 @@ def build_dataset(
     max_residues: int | None = None,
     residue_embeddings: str | None = None,
     split: str = "all",
+    protein_frame: str = "principal",
+    rotate: bool = False,
 ) -> CoordinateDataset:
     """The dataset named by ``spec``: ``digits``, ``shapes``, ``proteins`` (the bundled
     structures), a folder of images (subfolders = classes), a folder/stack file of point clouds
     (.npy/.npz), or a folder of PDB/mmCIF files (or any path with ``task="protein"``).
 
-    ``split`` (proteins): ``all``, ``train`` or ``test`` (every 10th chain held out).
+    ``split`` (proteins): ``all``, ``train`` or ``test`` (every 10th chain held out);
+    ``protein_frame`` and ``rotate``: see :class:`ProteinDataset` (``frame``, ``rotate``).
     A path that does not exist or holds no usable files raises at once, with the path.
     """
     name = str(spec)
@@ -68,6 +71,8 @@ def build_dataset(
             max_residues=max_residues,
             residue_embeddings=residue_embeddings,
             split=split,
+            frame=protein_frame,
+            rotate=rotate,
         )
     if name == "digits":
         return DigitsDataset(resolution or 8)

@@ -15,8 +15,9 @@ The *coordinate* of an atom is a feature vector (``FEATURE_NAMES``):
   (``INRFlowConfig.residue_vocab``), or, when precomputed per-residue embeddings (e.g. from a
   protein language model) are given, those ``E`` channels instead.
 
-The *value* is the atom's position: centred on the sample's atoms, randomly rotated (training),
-divided by ``position_scale`` (10 Å).
+The *value* is the atom's position: centred on the sample's atoms, in the canonical frame of its
+Cα atoms (principal axes, deterministic signs; ``frame``), optionally randomly rotated in
+training (``rotate``), divided by ``position_scale`` (10 Å).
 
 Atom features come from residue templates, not from a chemistry toolkit: each of the 20 amino
 acids is written down once as its heavy atoms and bonds (with bond orders, in the protonation
@@ -63,6 +64,7 @@ __all__ = [
     "atom_features",
     "bundled_protein_files",
     "parse_structure",
+    "principal_frame",
     "residue_position",
     "write_pdb",
 ]
@@ -411,6 +413,26 @@ def write_pdb(
 # ------------------------------------------------------------------------------------------------
 
 
+def principal_frame(xyz: np.ndarray, ca: np.ndarray | None = None) -> np.ndarray:
+    """Rotation ``R`` ``[3, 3]`` (rows = axes) putting centred ``xyz`` in its canonical frame.
+
+    The axes are the principal axes of the Cα atoms (``ca``: their indices; all atoms without
+    them), largest variance first. Each of the first two axes points to where the atoms' cubed
+    projections sum positive (the longer tail), the third is their cross product, so ``R`` is a
+    proper rotation (a mirror image would change the chirality). ``xyz @ R.T`` is then a
+    function of the structure alone, not of how the file happened to orient it.
+    """
+    pts = xyz if ca is None or len(ca) < 3 else xyz[ca]
+    pts = pts - pts.mean(0)
+    _, vecs = np.linalg.eigh(pts.T @ pts)  # ascending eigenvalues
+    axes = vecs[:, ::-1].T.copy()  # rows: largest variance first
+    for k in range(2):
+        if np.sum((pts @ axes[k]) ** 3) < 0:
+            axes[k] = -axes[k]
+    axes[2] = np.cross(axes[0], axes[1])
+    return axes
+
+
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly random rotation matrix (QR of a Gaussian matrix, sign-fixed)."""
     q, r = np.linalg.qr(rng.standard_normal((3, 3)))
@@ -431,7 +453,12 @@ class ProteinDataset(CoordinateDataset):
         num_atoms: atoms per sample (default: the most any window of the set holds).
         split: ``all``, ``train`` or ``test``: every ``holdout_every``-th chain (sorted by name)
             is held out for testing.
-        rotate: random rotation of each training sample (the model is not rotation-equivariant).
+        frame: ``principal`` (default): each sample is put in the canonical frame of its Cα
+            atoms (:func:`principal_frame`), so a chain's target is one structure, not every
+            rotation of it; ``file``: the orientation of the file, only centred.
+        rotate: random rotation of each training sample on top of the frame (augmentation; off
+            by default: the model is not rotation-equivariant, and a small model learns the
+            rotation-averaged target far more slowly than the canonical one).
         position_scale: Å per unit of the values.
         residue_embeddings: an .npz with one ``[L, E]`` array per chain name (file stem), used
             as coordinate channels instead of the learned residue-type table.
@@ -448,7 +475,8 @@ class ProteinDataset(CoordinateDataset):
         num_atoms: int | None = None,
         split: str = "all",
         holdout_every: int = 10,
-        rotate: bool = True,
+        frame: str = "principal",
+        rotate: bool = False,
         position_scale: float = 10.0,
         residue_embeddings: str | os.PathLike | None = None,
         chains: list[Chain] | None = None,
@@ -461,7 +489,10 @@ class ProteinDataset(CoordinateDataset):
             raise ValueError(f"no protein chains in {source!r}")
         self.all_chains = chains
         self.source, self.holdout_every = source, holdout_every
-        self.split, self.rotate, self.position_scale = split, rotate, float(position_scale)
+        if frame not in ("principal", "file"):
+            raise ValueError(f"frame must be principal|file, got {frame!r}")
+        self.split, self.frame, self.rotate = split, frame, rotate
+        self.position_scale = float(position_scale)
         longest = max(c.length for c in chains)
         self.max_residues = int(max_residues or -(-longest // 8) * 8)
         if self.max_residues < 1:
@@ -522,6 +553,7 @@ class ProteinDataset(CoordinateDataset):
             num_atoms=self.num_atoms,
             split=split,
             holdout_every=self.holdout_every,
+            frame=self.frame,
             rotate=self.rotate,
             position_scale=self.position_scale,
             residue_embeddings=self.embeddings_path,
@@ -561,6 +593,10 @@ class ProteinDataset(CoordinateDataset):
         real = atoms.shape[0]
         xyz = c.xyz[atoms]
         xyz = xyz - xyz.mean(0)
+        ca = c.ca[start:stop]
+        ca_local = np.searchsorted(atoms, ca)  # position of each CA among the window's atoms
+        if self.frame == "principal":
+            xyz = xyz @ principal_frame(xyz, ca_local[ca >= 0]).T
         if rng is not None and self.rotate:
             xyz = xyz @ _random_rotation(rng).T
         res = c.atom_residue[atoms] - start
@@ -577,8 +613,6 @@ class ProteinDataset(CoordinateDataset):
         if pad > 0:
             extra = rng.integers(0, real, size=pad) if rng is not None else np.arange(pad) % real
             order = np.concatenate([order, extra])
-        ca = c.ca[start:stop]
-        ca_local = np.searchsorted(atoms, ca)  # position of each CA among the window's atoms
         return {
             "values": self._tensor(xyz[order] / self.position_scale),
             "coords": self._tensor(coords[order]),

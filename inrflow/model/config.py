@@ -75,6 +75,10 @@ class INRFlowConfig:
     # Coordinates relative to the latent's pseudo-coordinate, in units of the cell size.
     rel_num_freqs: int = 6
     rel_max_log2: float = 3.0
+    # Fourier features of the (noisy) values added to their embedding (0: off). The value
+    # embedding's LayerNorm hides the values' magnitude; positions (proteins) need it.
+    value_fourier_freqs: int = 0
+    value_fourier_max_log2: float = 4.0
     rope: bool = False  # 2-D/3-D axial RoPE over pseudo-coordinates in the trunk (paper: XL)
     rope_theta: float = 100.0
 

@@ -70,15 +70,31 @@ class FourierFeatures(nn.Module):
 
 
 class ValueEmbedder(nn.Module):
-    """Point values ``[..., c]`` -> ``[..., H]``: Linear -> LayerNorm -> SiLU (as the authors)."""
+    """Point values ``[..., c]`` -> ``[..., H]``: Linear -> LayerNorm -> SiLU (as the authors).
 
-    def __init__(self, value_dim: int, hidden: int) -> None:
+    The LayerNorm makes that embedding blind to the values' magnitude (``LN(W v)`` is the same for
+    ``v`` and ``2 v`` until the bias learns otherwise). Fine for colours; positions (proteins)
+    need it, so ``fourier_freqs > 0`` adds Fourier features of the values (frequencies
+    ``2^linspace(0, fourier_max_log2)``, plus the raw values) through a Linear.
+    """
+
+    def __init__(
+        self, value_dim: int, hidden: int, fourier_freqs: int = 0, fourier_max_log2: float = 4.0
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(value_dim, hidden)
         self.norm = nn.LayerNorm(hidden)
+        self.fourier = (
+            FourierFeatures(value_dim, hidden, fourier_freqs, fourier_max_log2, scale=1.0)
+            if fourier_freqs
+            else None
+        )
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return F.silu(self.norm(self.proj(v.to(self.proj.weight.dtype))))
+        out = F.silu(self.norm(self.proj(v.to(self.proj.weight.dtype))))
+        if self.fourier is not None:
+            out = out + self.fourier(v.float()).to(out.dtype)
+        return out
 
 
 class TimestepEmbedder(nn.Module):

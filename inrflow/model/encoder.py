@@ -44,7 +44,9 @@ class _GroupedEncoder(nn.Module):
         super().__init__()
         h = cfg.hidden
         self.num_latents = cfg.num_latents
-        self.value_embed = ValueEmbedder(cfg.value_dim, h)
+        self.value_embed = ValueEmbedder(
+            cfg.value_dim, h, cfg.value_fourier_freqs, cfg.value_fourier_max_log2
+        )
         self.rel_pos = FourierFeatures(cfg.feature_dim, h, cfg.rel_num_freqs, cfg.rel_max_log2)
         self.norm = _norm(h)
         self.mlp = Mlp(h, h)
@@ -165,7 +167,9 @@ class PerceiverEncoder(nn.Module):
     def __init__(self, cfg: INRFlowConfig) -> None:
         super().__init__()
         h = cfg.hidden
-        self.value_embed = ValueEmbedder(cfg.value_dim, h)
+        self.value_embed = ValueEmbedder(
+            cfg.value_dim, h, cfg.value_fourier_freqs, cfg.value_fourier_max_log2
+        )
         self.pos = FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
         self.latent = nn.Parameter(torch.empty(cfg.num_latents, h))
         self.norm1, self.norm2 = _norm(h), _norm(h)

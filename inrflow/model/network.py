@@ -83,7 +83,9 @@ class INRFlow(nn.Module):
             DiTBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross=cross)
             for _ in range(cfg.depth)
         )
-        self.query_value = ValueEmbedder(cfg.value_dim, h)
+        self.query_value = ValueEmbedder(
+            cfg.value_dim, h, cfg.value_fourier_freqs, cfg.value_fourier_max_log2
+        )
         self.query_pos = FourierFeatures(
             cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale
         )

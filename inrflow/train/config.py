@@ -58,6 +58,14 @@ class TrainConfig:
         "proteins: .npz of precomputed per-residue embeddings, one [L, E] array per chain "
         "(file stem), used instead of the learned residue-type table",
     )
+    protein_frame: str = _f(
+        "principal",
+        "proteins: orientation of the target positions: principal (the canonical frame of the "
+        "chain's CA atoms) or file (as deposited, centred)",
+    )
+    rotate: bool = _f(
+        False, "proteins: randomly rotate every training sample (augmentation on top of the frame)"
+    )
 
     # --- optimisation (the paper's values) ------------------------------------------------------
     steps: int = _f(100_000, "total optimizer steps of the run (a resumed run continues to it)")
@@ -148,6 +156,8 @@ class TrainConfig:
             bad(f"--task must be image, pointcloud or protein, got {self.task!r}")
         if self.time_dist not in ("logit_normal", "uniform"):
             bad(f"--time-dist must be logit_normal or uniform, got {self.time_dist!r}")
+        if self.protein_frame not in ("principal", "file"):
+            bad(f"--protein-frame must be principal or file, got {self.protein_frame!r}")
         if self.sample_method not in ("euler", "heun", "sde"):
             bad(f"--sample-method must be euler, heun or sde, got {self.sample_method!r}")
         for name in ("num_queries", "num_context", "resolution", "num_points", "max_residues"):

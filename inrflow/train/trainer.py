@@ -72,6 +72,8 @@ def dataset_info(ds: CoordinateDataset) -> dict[str, Any]:
                 "max_residues": ds.max_residues,
                 "position_scale": ds.position_scale,
                 "residue_embeddings": ds.embeddings_path,
+                "frame": ds.frame,
+                "rotate": ds.rotate,
             }
             if ds.domain == "protein"
             else {}
@@ -140,6 +142,8 @@ class Trainer:
             max_residues=cfg.max_residues,
             residue_embeddings=cfg.residue_embeddings,
             split="train",  # proteins: every 10th chain is held out for the final evaluation
+            protein_frame=cfg.protein_frame,
+            rotate=cfg.rotate,
         )
         self.checkpoints = CheckpointManager(
             self.out / "checkpoints", d, keep=cfg.keep_ckpts, checksums=cfg.verify_checksums
