@@ -466,3 +466,22 @@ def test_optional_backend_matches_reference(backend, hq, hkv) -> None:
     out = ab.grouped_cross_attention_via(backend, q, k, v, offsets, 0.125)
     want, _, _ = ref64(q, k, v, offsets, 0.125)
     assert_close(out, want, torch.bfloat16, backend)
+
+
+@requires_extension
+def test_double_backward_raises_instead_of_returning_zeros() -> None:
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (
+        torch.randn(n, 2, 8, dtype=torch.float64, generator=gen).requires_grad_() for n in (3, 7, 7)
+    )
+    offsets = torch.tensor([0, 2, 5, 7], dtype=torch.int32)
+    with inrflow.ops.use_backend("extension"):
+        out = inrflow.ops.grouped_cross_attention(q, k, v, offsets)
+        (g,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(g.sum(), q)
+    # The reference supports it.
+    out = inrflow.ops.reference.grouped_cross_attention(q, k, v, offsets)
+    (g,) = torch.autograd.grad(out.square().sum(), q, create_graph=True)
+    (h,) = torch.autograd.grad(g.sum(), q)
+    assert h.abs().sum() > 0

@@ -152,6 +152,16 @@ def _backward(ctx, grad_out, _grad_lse):  # torch.library callback
     )
 
 
+def _no_double_backward(ctx, *grads):  # torch.library callback
+    # Without this the backward op would have no autograd formula, and a second derivative
+    # through it would silently come out as zero.
+    raise RuntimeError(
+        "inrflow.ops.grouped_cross_attention: double backward (a gradient of a gradient, e.g. "
+        "create_graph=True through the attention) is not implemented by the extension kernels; "
+        "run that part under inrflow.ops.use_backend('reference')"
+    )
+
+
 def _public_autograd(q, k, v, offsets, scale):  # Autograd kernel of the public op
     return torch.ops.inrflow.grouped_cross_attention_forward.default(q, k, v, offsets, scale)[0]
 
@@ -220,6 +230,11 @@ def _register() -> None:
             torch.library.register_fake(f"inrflow::{name}")(fake)
     torch.library.register_autograd(
         "inrflow::grouped_cross_attention_forward", _backward, setup_context=_setup_context
+    )
+    torch.library.register_autograd(
+        "inrflow::grouped_cross_attention_backward",
+        _no_double_backward,
+        setup_context=lambda ctx, inputs, output: None,
     )
     if not has_key("inrflow::grouped_cross_attention", "Autograd"):
         _LIB = torch.library.Library("inrflow", "IMPL")  # module global: keeps the kernel
