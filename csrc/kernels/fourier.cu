@@ -18,6 +18,7 @@
 #endif
 
 #include "inrflow/common.h"
+#include "inrflow/device_io.h"
 #include "inrflow/fourier.h"
 #include "inrflow/launch.h"
 
@@ -30,42 +31,6 @@ constexpr int kThreads = 256;
 constexpr int64_t kMaxBlocks = int64_t{1} << 16;   // grid-stride beyond this
 constexpr int64_t kForwardTileElems = 4 * kThreads;  // elements per block and tile
 constexpr int64_t kMaxRowWidth = (int64_t{1} << 31) - 1;
-
-// Accumulation/math type and conversions per storage type.
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const float* p) { return *p; }
-  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Io<double> {
-  using Acc = double;
-  static __device__ __forceinline__ double load(const double* p) { return *p; }
-  static __device__ __forceinline__ void store(double* p, double v) { *p = v; }
-};
-
-template <>
-struct Io<__half> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-
-template <>
-struct Io<__nv_bfloat16> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) {
-    return __bfloat162float(*p);
-  }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
-    *p = __float2bfloat16_rn(v);
-  }
-};
 
 __device__ __forceinline__ int64_t min_i64(int64_t a, int64_t b) { return a < b ? a : b; }
 

@@ -25,6 +25,7 @@
 #endif
 
 #include "inrflow/common.h"
+#include "inrflow/device_io.h"
 #include "inrflow/grouped_attention.h"
 #include "inrflow/launch.h"
 
@@ -37,41 +38,6 @@ constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kScanThreads = 256;
 constexpr int kScanShift = 8;  // log2(kScanThreads)
 constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
-
-template <typename T>
-struct Io;
-
-template <>
-struct Io<float> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const float* p) { return __ldg(p); }
-  static __device__ __forceinline__ void store(float* p, float v) { *p = v; }
-};
-
-template <>
-struct Io<double> {
-  using Acc = double;
-  static __device__ __forceinline__ double load(const double* p) { return __ldg(p); }
-  static __device__ __forceinline__ void store(double* p, double v) { *p = v; }
-};
-
-template <>
-struct Io<__half> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const __half* p) { return __half2float(*p); }
-  static __device__ __forceinline__ void store(__half* p, float v) { *p = __float2half_rn(v); }
-};
-
-template <>
-struct Io<__nv_bfloat16> {
-  using Acc = float;
-  static __device__ __forceinline__ float load(const __nv_bfloat16* p) {
-    return __bfloat162float(*p);
-  }
-  static __device__ __forceinline__ void store(__nv_bfloat16* p, float v) {
-    *p = __float2bfloat16_rn(v);
-  }
-};
 
 __device__ __forceinline__ float exp_acc(float x) { return expf(x); }
 __device__ __forceinline__ double exp_acc(double x) { return exp(x); }
@@ -222,11 +188,11 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < kRT; ++i) acc[i] = A(0);
       for (int d = lane; d < dim; d += 32) {
-        const A kk = Io<T>::load(k_row + d);
+        const A kk = Io<T>::load_ro(k_row + d);
 #pragma unroll
         for (int i = 0; i < kRT; ++i) {
           if (r0 + i < rep) {
-            acc[i] += Io<T>::load(q_g + static_cast<int64_t>(r0 + i) * dim + d) * kk;
+            acc[i] += Io<T>::load_ro(q_g + static_cast<int64_t>(r0 + i) * dim + d) * kk;
           }
         }
       }
@@ -275,7 +241,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int i = 0; i < kRT; ++i) acc[i] = A(0);
       for (int j = 0; j < len; ++j) {
         const int64_t row = (info.begin + j) * hkv + h;
-        const A vv = Io<T>::load(v + row * dim_v + e);
+        const A vv = Io<T>::load_ro(v + row * dim_v + e);
 #pragma unroll
         for (int i = 0; i < kRT; ++i) {
           if (r0 + i < rep) acc[i] += s_p[(r0 + i) * split + j] * vv;
@@ -377,8 +343,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int r = warp; r < rep; r += kWarps) {
     A acc = A(0);
     for (int e = lane; e < dim_v; e += 32) {
-      acc += Io<T>::load(do_g + static_cast<int64_t>(r) * dim_v + e) *
-             Io<T>::load(o_g + static_cast<int64_t>(r) * dim_v + e);
+      acc += Io<T>::load_ro(do_g + static_cast<int64_t>(r) * dim_v + e) *
+             Io<T>::load_ro(o_g + static_cast<int64_t>(r) * dim_v + e);
     }
     acc = warp_sum(acc);
     if (lane == 0) {
@@ -402,20 +368,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         acc_p[i] = A(0);
       }
       for (int d = lane; d < dim; d += 32) {
-        const A kk = Io<T>::load(k_row + d);
+        const A kk = Io<T>::load_ro(k_row + d);
 #pragma unroll
         for (int i = 0; i < kRT; ++i) {
           if (r0 + i < rep) {
-            acc_s[i] += Io<T>::load(q_g + static_cast<int64_t>(r0 + i) * dim + d) * kk;
+            acc_s[i] += Io<T>::load_ro(q_g + static_cast<int64_t>(r0 + i) * dim + d) * kk;
           }
         }
       }
       for (int e = lane; e < dim_v; e += 32) {
-        const A vv = Io<T>::load(v_row + e);
+        const A vv = Io<T>::load_ro(v_row + e);
 #pragma unroll
         for (int i = 0; i < kRT; ++i) {
           if (r0 + i < rep) {
-            acc_p[i] += Io<T>::load(do_g + static_cast<int64_t>(r0 + i) * dim_v + e) * vv;
+            acc_p[i] += Io<T>::load_ro(do_g + static_cast<int64_t>(r0 + i) * dim_v + e) * vv;
           }
         }
       }
@@ -442,7 +408,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int d = t - j * dim;
     A acc = A(0);
     for (int r = 0; r < rep; ++r) {
-      acc += s_ds[r * split + j] * Io<T>::load(q_g + static_cast<int64_t>(r) * dim + d);
+      acc += s_ds[r * split + j] * Io<T>::load_ro(q_g + static_cast<int64_t>(r) * dim + d);
     }
     Io<T>::store(dk + ((info.begin + j) * hkv + h) * dim + d, acc * scale);
   }
@@ -452,7 +418,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int e = t - j * dim_v;
     A acc = A(0);
     for (int r = 0; r < rep; ++r) {
-      acc += s_p[r * split + j] * Io<T>::load(do_g + static_cast<int64_t>(r) * dim_v + e);
+      acc += s_p[r * split + j] * Io<T>::load_ro(do_g + static_cast<int64_t>(r) * dim_v + e);
     }
     Io<T>::store(dv + ((info.begin + j) * hkv + h) * dim_v + e, acc);
   }
@@ -464,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
       for (int i = 0; i < kRT; ++i) acc[i] = A(0);
       for (int j = 0; j < len; ++j) {
-        const A kk = Io<T>::load(k + ((info.begin + j) * hkv + h) * static_cast<int64_t>(dim) + d);
+        const A kk = Io<T>::load_ro(k + ((info.begin + j) * hkv + h) * static_cast<int64_t>(dim) + d);
 #pragma unroll
         for (int i = 0; i < kRT; ++i) {
           if (r0 + i < rep) acc[i] += s_ds[(r0 + i) * split + j] * kk;
