@@ -15,9 +15,7 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,24 +31,11 @@ from inrflow.metrics.io import load_labels, load_point_clouds
 __all__ = ["build_parser", "evaluate", "load_checkpoint_model", "main", "sample_from_model"]
 
 KINDS = ("auto", "image", "pointcloud", "digits")
-MANIFEST = "inrflow_checkpoint.json"  # the trainer's checkpoint manifest (inrflow.train)
 _CONFIG_KEYS = ("model_config", "config", "model_cfg")
 
 
 # ------------------------------------------------------------------------------------------------
 # Checkpoints
-
-
-def _flatten_dcp(path: Path) -> dict[str, Any]:
-    """A ``torch.distributed.checkpoint`` folder as one in-memory dict (single process)."""
-    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
-        # "torch.distributed is disabled ... single process": exactly the intent here
-        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        out = Path(tmp) / "ckpt.pt"
-        dcp_to_torch_save(str(path), str(out))
-        return torch.load(out, map_location="cpu", weights_only=False)
 
 
 def _is_state(d: object) -> bool:
@@ -80,10 +65,7 @@ def _find_config(obj: dict[str, Any], path: Path) -> dict[str, Any]:
         val = obj.get(key)
         if isinstance(val, dict):
             return val.get("model", val) if isinstance(val.get("model"), dict) else val
-    raise ValueError(
-        f"{path}: no model config found (keys {list(_CONFIG_KEYS)} in the checkpoint or in its "
-        f"{MANIFEST} / config.json)"
-    )
+    raise ValueError(f"{path}: no model config found (keys {list(_CONFIG_KEYS)} in the checkpoint)")
 
 
 def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -96,54 +78,28 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _resolve_checkpoint(p: Path) -> Path:
-    """A checkpoint file or folder; a run folder resolves to its newest valid checkpoint."""
-    if p.is_file() or (p / ".metadata").is_file():
-        return p
-    try:
-        from inrflow.train.checkpoint import find_checkpoint
-    except ImportError:  # pragma: no cover - the trainer is part of the package
-        find_checkpoint = None
-    if find_checkpoint is not None:
-        return Path(find_checkpoint(p))
-    raise ValueError(f"{p}: not a checkpoint file or torch.distributed.checkpoint folder")
-
-
 def load_checkpoint_model(
     path: str | os.PathLike, device: torch.device | str = "cpu"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """An INRFlow model (EMA weights preferred) and its metadata from a checkpoint.
 
-    Folders go to ``inrflow.train.load_for_sampling(path, device=...)`` when the trainer
-    provides it. Otherwise this reads the trainer's checkpoints (a run folder, its
-    ``checkpoints/`` or one ``step_*`` folder: ``torch.distributed.checkpoint`` files with
-    ``model``/``ema`` state and an ``inrflow_checkpoint.json`` manifest holding ``model_config``
-    and ``dataset``), or a plain torch file ``{"config"|"model_config": INRFlowConfig fields,
-    "ema"|"model": state dict,
+    A folder is one of the trainer's checkpoints (a run folder, its ``checkpoints/`` or one
+    ``step_*`` folder) and is loaded by the trainer's own, checksum-verified
+    :func:`inrflow.train.checkpoint.load_for_sampling`. A file is a plain torch checkpoint
+    ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
     "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
     """
-    try:
-        from inrflow.train import load_for_sampling  # type: ignore[attr-defined]
-    except ImportError:  # pragma: no cover - the trainer is part of the package
-        load_for_sampling = None
-    if load_for_sampling is not None and Path(path).is_dir():  # the trainer's own checkpoints
-        model, meta = load_for_sampling(path, device=device)
-        return model, dict(meta)
-
     from inrflow.model.config import INRFlowConfig
     from inrflow.model.network import INRFlow
+    from inrflow.train.checkpoint import load_for_sampling
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    p = _resolve_checkpoint(p)
     if p.is_dir():
-        obj = _flatten_dcp(p)
-        for name in (MANIFEST, "config.json"):
-            if (p / name).is_file():  # the trainer keeps configs in the manifest
-                obj = {**json.loads((p / name).read_text()), **obj}
-    else:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        model, meta = load_for_sampling(p, device=device)
+        return model, dict(meta)
+    obj = torch.load(p, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         raise ValueError(f"{p}: expected a dict checkpoint, got {type(obj).__name__}")
     fields = {f.name for f in dataclasses.fields(INRFlowConfig)}
