@@ -13,7 +13,8 @@ benchmarks time new kernels as soon as they are merged.
 Whole-step comparison (``whole step`` groups): the same model function trained two ways, the
 ``ours`` path (folded local encoder, inrflow ops on the extension where available) and the
 ``authors`` composition (``encoder_form="dense"``: gather, equal patches, K/V of every token, one
-SDPA per patch; reference ops). Both start from the same weights and see the same batch; the
+SDPA per patch; reference ops; AdamW ``foreach`` as the authors' trainer gets it, against the
+trainer's fused AdamW). Both start from the same weights and see the same batch; the
 paired test alternates their steps and records the ratio of medians (robust to load drift on a
 shared machine).
 
@@ -130,8 +131,12 @@ def _train_step(model, opt, batch) -> Callable[[], float]:
     return step
 
 
-def _opt(model):
-    return build_optimizer(model, 1e-4, (0.9, 0.999), 1e-8, 0.0)  # the trainer's AdamW
+def _opt(model, who: str = "ours"):
+    """The trainer's AdamW (fused where supported); the authors' is ``torch.optim.AdamW`` as
+    their Lightning module builds it, whose default on GPUs is the ``foreach`` implementation."""
+    if who == "authors":
+        return torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, foreach=True)
+    return build_optimizer(model, 1e-4, (0.9, 0.999), 1e-8, 0.0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -236,7 +241,7 @@ def _paths(size: str, side: int, queries: int, b: int):
     built = {}
     for who, (form, _backend) in WHO.items():
         model = _model(size, form, seed=0)
-        built[who] = (model, _opt(model))
+        built[who] = (model, _opt(model, who))
     built["authors"][0].load_state_dict(built["ours"][0].state_dict())
     return batch, built
 

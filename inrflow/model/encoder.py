@@ -13,7 +13,10 @@
 - ``PerceiverEncoder``: vanilla PerceiverIO, learned latents attend to all context tokens.
 
 Every encoder returns ``(latents, tokens)``; ``tokens`` ``[B, N, H]`` are the embedded context
-points (memory for ``trunk_reads_context``).
+points (memory for ``trunk_reads_context``). The grouped encoders return them in group order (a
+per-sample permutation of the input order): attention over a memory does not depend on its order,
+and embedding the points already sorted saves a gather of ``[B, N, H]`` forward and its scatter
+backward (``B N H`` floats each way, the largest tensor of the encoder at full resolution).
 """
 
 from __future__ import annotations
@@ -31,10 +34,10 @@ from .embeddings import FourierFeatures, Mlp, ValueEmbedder, modulate
 from .pseudo_coords import LatentGrouping
 
 
-def _gather_tokens(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """``x`` ``[B, N, H]`` permuted per sample by ``perm`` ``[B, N]`` -> ``[B*N, H]``."""
-    b, n, h = x.shape
-    return x.gather(1, perm.unsqueeze(-1).expand(b, n, h)).reshape(b * n, h)
+def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, N, C]`` permuted per sample by ``perm`` ``[B, N]``."""
+    b, n, c = x.shape
+    return x.gather(1, perm.unsqueeze(-1).expand(b, n, c))
 
 
 class _GroupedEncoder(nn.Module):
@@ -54,13 +57,18 @@ class _GroupedEncoder(nn.Module):
     def tokens(
         self, coords: torch.Tensor, values: torch.Tensor, grouping: LatentGrouping
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Tokens ``[B, N, H]``, tokens sorted by group ``[B*N, H]``, offsets, non-empty mask."""
+        """Tokens in group order ``[B, N, H]`` and as rows ``[B*N, H]``, offsets, non-empty mask.
+
+        The inputs are sorted before they are embedded (a gather of ``c + d`` floats per point
+        instead of ``H``); every token is embedded on its own, so this is the same function.
+        """
         assign, rel = grouping.assign(coords)  # [B, N], [B, N, d]
-        ve = self.value_embed(values)
-        x = ve + self.rel_pos(rel).to(ve.dtype)  # [B, N, H]
         perm, offsets = ops.group_layout(assign, self.num_latents, validate=False)  # in range
+        values, rel = _permute(values, perm), _permute(rel, perm)
+        ve = self.value_embed(values)
+        x = ve + self.rel_pos(rel).to(ve.dtype)  # [B, N, H], group order
         nonempty = offsets[1:] > offsets[:-1]  # [B*K]
-        return x, _gather_tokens(x, perm), offsets, nonempty
+        return x, x.reshape(-1, x.shape[-1]), offsets, nonempty
 
 
 class LocalEncoder(_GroupedEncoder):
