@@ -34,9 +34,7 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
     devices = _get_fused_kernels_supported_devices()
-    return bool(params) and all(
-        p.is_floating_point() and p.device.type in devices for p in params
-    )
+    return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
 def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
