@@ -307,6 +307,79 @@ def test_whole_step_paired(benchmark, smoke, side) -> None:
     )
 
 
+def _part_fns(model, opt, batch, who: str) -> dict[str, Callable[[], None]]:
+    """fwd+bwd of each part of one training step of ``who``'s path, on the step's own inputs."""
+    cfg, b = model.config, batch["values"].shape[0]
+    q = batch["query_index"].shape[1]
+    x0 = torch.randn(b, cfg.num_latents, cfg.hidden, requires_grad=True)
+    c = torch.randn(b, cfg.hidden)
+    with torch.no_grad(), _enter(who):
+        enc = model.encode(batch["coords"], batch["values"], batch["t"])
+    qc, qv = batch["coords"][:, :q], batch["values"][:, :q]
+
+    def encoder() -> None:
+        with _enter(who):
+            lat, _ = model.encoder(batch["coords"], batch["values"], c, model.grouping)
+            lat.square().mean().backward()
+
+    def trunk() -> None:
+        x = x0
+        for blk in model.blocks:
+            x = blk(x, c, None, None)
+        x.square().mean().backward()
+
+    def decoder() -> None:
+        with _enter(who):
+            model.decode(enc, qc, qv).square().mean().backward()
+
+    def optimizer() -> None:
+        for p in model.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        opt.step()
+
+    return {"encoder": encoder, "trunk": trunk, "decoder": decoder, "optimizer": optimizer}
+
+
+@pytest.mark.parametrize("side", [64, 256])
+@pytest.mark.benchmark(group="whole step anatomy")
+def test_whole_step_anatomy(benchmark, smoke, side) -> None:
+    """Each part of a training step (fwd+bwd; the optimizer step) timed for both paths, and the
+    Amdahl bound of the whole-step ratio: the authors' parts over ours without encoder and
+    optimizer (the trunk and the decoder are the same computation in both)."""
+    if side == 256 and (smoke or os.environ.get("INRFLOW_BENCH_LARGE") != "1"):
+        pytest.skip("set INRFLOW_BENCH_LARGE=1 for the 256^2 anatomy")
+    size, side_s, queries, b = _setting("tiny" if smoke else "S", smoke)
+    if side == 256:
+        side_s, queries = 256, 16384
+    benchmark.group = f"whole step anatomy {size} {side_s}^2"
+    batch, built = _paths(size, side_s, queries, b)
+    rounds = 1 if smoke else 7
+    fns = {who: _part_fns(model, opt, batch, who) for who, (model, opt) in built.items()}
+    times = {who: {name: [] for name in fns[who]} for who in fns}
+
+    def measure() -> None:  # interleaved part by part, so load drift hits both paths alike
+        for _ in range(rounds):
+            for name in fns["ours"]:
+                for who in fns:
+                    t0 = time.perf_counter()
+                    fns[who][name]()
+                    times[who][name].append(time.perf_counter() - t0)
+
+    for who in fns:  # warm-up
+        for fn in fns[who].values():
+            fn()
+    benchmark.pedantic(measure, rounds=1, warmup_rounds=0)
+    parts = {who: {k: statistics.median(v) for k, v in t.items()} for who, t in times.items()}
+    shared = parts["ours"]["trunk"] + parts["ours"]["decoder"]
+    info = {f"{who}_{k}_s": round(v, 4) for who, p in parts.items() for k, v in p.items()}
+    info["authors_sum_over_ours_sum"] = round(
+        sum(parts["authors"].values()) / sum(parts["ours"].values()), 3
+    )
+    info["bound_free_encoder_and_optimizer"] = round(sum(parts["authors"].values()) / shared, 3)
+    benchmark.extra_info.update(info)
+
+
 # ------------------------------------------------------------------------------------------------
 # Sampling
 
