@@ -21,7 +21,7 @@ def build_optimizer(
 
     The fused implementation (one kernel over all tensors, CPU and CUDA, DTensor shards included)
     where every parameter allows it, as torchtitan does; else the multi-tensor ``foreach`` one.
-    On the CPU the fused step of the ``S`` preset takes 0.036 s against 0.094 s for ``foreach``.
+    On a 2-core CPU the fused step of the ``S`` preset took 0.03-0.04 s, ``foreach`` 0.09-0.17 s.
     """
     params = [p for p in model.parameters() if p.requires_grad]
     impl = {"fused": True} if _fused_ok(params) else {"foreach": True}
