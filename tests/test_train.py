@@ -224,6 +224,34 @@ def test_run_writes_checkpoints_logs_samples_plot_and_score(tmp_path) -> None:
         assert grid.size == ((10 * 9 + 1) * 16, (2 * 9 + 1) * 16)
 
 
+def test_optimizer_is_fused_where_every_parameter_allows_it() -> None:
+    from inrflow.train.optim import build_optimizer
+
+    cpu = torch.nn.Linear(3, 4)
+    opt = build_optimizer(cpu, 1e-3, (0.9, 0.999), 1e-8, 0.0)
+    assert opt.defaults["fused"] is True and not opt.defaults["foreach"]
+    with torch.device("meta"):  # no fused kernel for meta tensors: foreach
+        meta = torch.nn.Linear(3, 4)
+    opt = build_optimizer(meta, 1e-3, (0.9, 0.999), 1e-8, 0.0)
+    assert opt.defaults["foreach"] is True and not opt.defaults["fused"]
+    # the fused step is the same update as the reference for-loop AdamW
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer(a, 1e-2, (0.9, 0.99), 1e-8, 0.01)
+    plain = torch.optim.AdamW(
+        b.parameters(), lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.01, foreach=False
+    )
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for m, o in ((a, fused), (b, plain)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
+
+
 def test_precision_and_activation_checkpointing_options(tmp_path) -> None:
     base = train(tiny_config(tmp_path / "a", steps=3, ckpt_every=0))
     ac = train(tiny_config(tmp_path / "b", steps=3, ckpt_every=0, activation_checkpointing=True))
