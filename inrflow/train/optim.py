@@ -31,9 +31,12 @@ def build_optimizer(
 
 
 def _fused_ok(params: list[torch.Tensor]) -> bool:
-    from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    try:  # a private helper of torch.optim; fused AdamW has had CPU and CUDA kernels since 2.4
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
 
-    devices = _get_fused_kernels_supported_devices()
+        devices = set(_get_fused_kernels_supported_devices())
+    except ImportError:
+        devices = {"cpu", "cuda"}
     return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
