@@ -6,13 +6,18 @@ compiled extension through the public ``inrflow.ops`` API (so its autograd regis
 too). Give the three one ``@pytest.mark.benchmark(group=...)`` and read the ratios off the
 group's table.
 
-``pytest benchmarks/ --benchmark-only`` times them. Under ``--benchmark-disable`` (CI) each
-benchmark runs its function once as a plain test, at the small size chosen when ``smoke`` is true.
+``pytest benchmarks/ --benchmark-only`` times them at sizes chosen so that the whole CPU suite
+finishes in under 15 minutes on 2 cores. ``INRFLOW_BENCH_LARGE=1`` switches the suites whose
+issue yardsticks are larger (attention, pairwise Chamfer, the 256^2 whole-step comparison) to
+those sizes (the ``large`` fixture; an hour or more on 2 cores). Under ``--benchmark-disable``
+(CI) each benchmark runs its function once as a plain test, at the small size chosen when
+``smoke`` is true.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 
 import pytest
@@ -29,6 +34,17 @@ _compiled: dict[Callable, Callable] = {}
 def impl(request: pytest.FixtureRequest) -> str:
     """Which implementation a benchmark times: ``eager``, ``compile`` or ``extension``."""
     return request.param
+
+
+def bench_large() -> bool:
+    """True with ``INRFLOW_BENCH_LARGE=1``: time the issues' full yardstick sizes."""
+    return os.environ.get("INRFLOW_BENCH_LARGE") == "1"
+
+
+@pytest.fixture
+def large(benchmark) -> bool:
+    """True when timing (not ``--benchmark-disable``) with ``INRFLOW_BENCH_LARGE=1``."""
+    return bench_large() and not benchmark.disabled
 
 
 @pytest.fixture

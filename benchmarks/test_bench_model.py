@@ -24,7 +24,6 @@ Sizes: ``tiny`` on a 32^2 raster, ``S`` on 64^2 (1024 queries, 25%); under --ben
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -268,11 +267,11 @@ def test_whole_step(benchmark, who, smoke) -> None:
 
 @pytest.mark.parametrize("side", [64, 256])
 @pytest.mark.benchmark(group="whole step paired")
-def test_whole_step_paired(benchmark, smoke, side) -> None:
+def test_whole_step_paired(benchmark, smoke, large, side) -> None:
     """Alternate one step of each path; ``extra_info`` holds both medians and the ratio. The
     first step of both must give the same loss (the same function, the same weights). The 256^2
     variant (16,384 queries, ~1 min per pair on 2 cores) runs with INRFLOW_BENCH_LARGE=1."""
-    if side == 256 and (smoke or os.environ.get("INRFLOW_BENCH_LARGE") != "1"):
+    if side == 256 and not large:
         pytest.skip("set INRFLOW_BENCH_LARGE=1 for the 256^2 whole-step comparison")
     size, side_s, queries, b = _setting("tiny" if smoke else "S", smoke)
     if side == 256:
@@ -343,11 +342,11 @@ def _part_fns(model, opt, batch, who: str) -> dict[str, Callable[[], None]]:
 
 @pytest.mark.parametrize("side", [64, 256])
 @pytest.mark.benchmark(group="whole step anatomy")
-def test_whole_step_anatomy(benchmark, smoke, side) -> None:
+def test_whole_step_anatomy(benchmark, smoke, large, side) -> None:
     """Each part of a training step (fwd+bwd; the optimizer step) timed for both paths, and the
     Amdahl bound of the whole-step ratio: the authors' parts over ours without encoder and
     optimizer (the trunk and the decoder are the same computation in both)."""
-    if side == 256 and (smoke or os.environ.get("INRFLOW_BENCH_LARGE") != "1"):
+    if side == 256 and not large:
         pytest.skip("set INRFLOW_BENCH_LARGE=1 for the 256^2 anatomy")
     size, side_s, queries, b = _setting("tiny" if smoke else "S", smoke)
     if side == 256:
