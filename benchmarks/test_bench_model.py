@@ -142,69 +142,62 @@ def _opt(model, who: str = "ours"):
 # Model parts (forward + backward of each part's output)
 
 
-@pytest.mark.parametrize("size", ["tiny", "S"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.benchmark(group="model part: encoder fwd+bwd")
-def test_encoder(benchmark, size, backend, smoke) -> None:
-    size, side, queries, b = _setting(size, smoke)
-    benchmark.group = f"encoder fwd+bwd {size} {side}^2 x{b}"
-    model = _model(size)
-    batch = _batch(side, queries, b)
-    c = torch.zeros(b, model.config.hidden)
+def _part_fns(model, batch, scope: Callable, opt=None) -> dict[str, Callable[[], None]]:
+    """fwd+bwd of each part of a training step on the step's own inputs (and the optimizer step
+    when ``opt`` is given); the encoder and decoder run inside ``scope()`` (an ops backend)."""
+    cfg, b = model.config, batch["values"].shape[0]
+    q = batch["query_index"].shape[1]
+    x0 = torch.randn(b, cfg.num_latents, cfg.hidden, requires_grad=True)
+    c = torch.randn(b, cfg.hidden)
+    with torch.no_grad(), ops.use_backend("reference"):
+        enc = model.encode(batch["coords"], batch["values"], batch["t"])
+    qc, qv = batch["coords"][:, :q], batch["values"][:, :q]
 
-    def run() -> None:
-        with _scope(backend, "cpu"):
+    def encoder() -> None:
+        with scope():
             lat, _ = model.encoder(batch["coords"], batch["values"], c, model.grouping)
             lat.square().mean().backward()
 
-    run()
-    cost = _cost("encoder", size, side, queries, batch=b)
-    _record(benchmark, cost, fwd_only="flops/bytes are the forward's", ops=_extension_ops("cpu"))
-    benchmark.pedantic(run, rounds=_rounds(size), warmup_rounds=0)
-
-
-@pytest.mark.parametrize("size", ["tiny", "S"])
-@pytest.mark.benchmark(group="model part: trunk fwd+bwd")
-def test_trunk(benchmark, size, smoke) -> None:
-    size, side, queries, b = _setting(size, smoke)
-    benchmark.group = f"trunk fwd+bwd {size} x{b}"
-    model = _model(size)
-    cfg = model.config
-    x0 = torch.randn(b, cfg.num_latents, cfg.hidden, requires_grad=True)
-    c = torch.randn(b, cfg.hidden)
-
-    def run() -> None:
+    def trunk() -> None:
         x = x0
         for blk in model.blocks:
             x = blk(x, c, None, None)
         x.square().mean().backward()
 
-    run()
-    cost = _cost("trunk", size, side, queries, batch=b)
-    _record(benchmark, cost, fwd_only="flops/bytes are the forward's")
-    benchmark.pedantic(run, rounds=_rounds(size), warmup_rounds=0)
-
-
-@pytest.mark.parametrize("size", ["tiny", "S"])
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.benchmark(group="model part: decoder fwd+bwd")
-def test_decoder(benchmark, size, backend, smoke) -> None:
-    size, side, queries, b = _setting(size, smoke)
-    benchmark.group = f"decoder fwd+bwd {size} {queries} queries x{b}"
-    model = _model(size)
-    batch = _batch(side, queries, b)
-    with torch.no_grad(), ops.use_backend("reference"):
-        enc = model.encode(batch["coords"], batch["values"], batch["t"])
-    qc = batch["coords"][:, :queries]
-    qv = batch["values"][:, :queries]
-
-    def run() -> None:
-        with _scope(backend, "cpu"):
+    def decoder() -> None:
+        with scope():
             model.decode(enc, qc, qv).square().mean().backward()
 
+    fns = {"encoder": encoder, "trunk": trunk, "decoder": decoder}
+    if opt is not None:
+
+        def optimizer() -> None:
+            for p in model.parameters():
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+            opt.step()
+
+        fns["optimizer"] = optimizer
+    return fns
+
+
+@pytest.mark.parametrize("part", ["encoder", "trunk", "decoder"])
+@pytest.mark.parametrize("size", ["tiny", "S"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.benchmark(group="model part fwd+bwd")
+def test_part(benchmark, part, size, backend, smoke) -> None:
+    """Forward + backward of the encoder, the trunk (no inrflow ops: timed once, under
+    ``reference``) or the decoder."""
+    if part == "trunk" and backend != "reference":
+        pytest.skip("the trunk uses no inrflow op: one variant")
+    size, side, queries, b = _setting(size, smoke)
+    benchmark.group = f"{part} fwd+bwd {size} {side}^2 {queries} queries x{b}"
+    batch = _batch(side, queries, b)
+    run = _part_fns(_model(size), batch, lambda: _scope(backend, "cpu"))[part]
     run()
-    cost = _cost("decoder", size, side, queries, batch=b)
-    _record(benchmark, cost, fwd_only="flops/bytes are the forward's", ops=_extension_ops("cpu"))
+    cost = _cost(part, size, side, queries, batch=b)
+    info = {"ops": _extension_ops("cpu")} if part != "trunk" else {}
+    _record(benchmark, cost, fwd_only="flops/bytes are the forward's", **info)
     benchmark.pedantic(run, rounds=_rounds(size), warmup_rounds=0)
 
 
@@ -306,40 +299,6 @@ def test_whole_step_paired(benchmark, smoke, large, side) -> None:
     )
 
 
-def _part_fns(model, opt, batch, who: str) -> dict[str, Callable[[], None]]:
-    """fwd+bwd of each part of one training step of ``who``'s path, on the step's own inputs."""
-    cfg, b = model.config, batch["values"].shape[0]
-    q = batch["query_index"].shape[1]
-    x0 = torch.randn(b, cfg.num_latents, cfg.hidden, requires_grad=True)
-    c = torch.randn(b, cfg.hidden)
-    with torch.no_grad(), _enter(who):
-        enc = model.encode(batch["coords"], batch["values"], batch["t"])
-    qc, qv = batch["coords"][:, :q], batch["values"][:, :q]
-
-    def encoder() -> None:
-        with _enter(who):
-            lat, _ = model.encoder(batch["coords"], batch["values"], c, model.grouping)
-            lat.square().mean().backward()
-
-    def trunk() -> None:
-        x = x0
-        for blk in model.blocks:
-            x = blk(x, c, None, None)
-        x.square().mean().backward()
-
-    def decoder() -> None:
-        with _enter(who):
-            model.decode(enc, qc, qv).square().mean().backward()
-
-    def optimizer() -> None:
-        for p in model.parameters():
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        opt.step()
-
-    return {"encoder": encoder, "trunk": trunk, "decoder": decoder, "optimizer": optimizer}
-
-
 @pytest.mark.parametrize("side", [64, 256])
 @pytest.mark.benchmark(group="whole step anatomy")
 def test_whole_step_anatomy(benchmark, smoke, large, side) -> None:
@@ -354,7 +313,10 @@ def test_whole_step_anatomy(benchmark, smoke, large, side) -> None:
     benchmark.group = f"whole step anatomy {size} {side_s}^2"
     batch, built = _paths(size, side_s, queries, b)
     rounds = 1 if smoke else 7
-    fns = {who: _part_fns(model, opt, batch, who) for who, (model, opt) in built.items()}
+    fns = {
+        who: _part_fns(model, batch, lambda who=who: _enter(who), opt)
+        for who, (model, opt) in built.items()
+    }
     times = {who: {name: [] for name in fns[who]} for who in fns}
 
     def measure() -> None:  # interleaved part by part, so load drift hits both paths alike
