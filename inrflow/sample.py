@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from inrflow.model.pseudo_coords import grid_coords
 from inrflow.sampling import nested_grid_index, sample
 from inrflow.train.checkpoint import load_ema_model
 
-__all__ = ["generate", "load_ema_model", "main"]
+__all__ = ["dataset_info", "generate", "image_shape", "load_ema_model", "main"]
 
 DESCRIPTION = """\
 Generate samples from an inrflow checkpoint (EMA weights).
@@ -83,6 +84,26 @@ def _parse_labels(text: str | None, num: int, num_classes: int) -> torch.Tensor 
     return torch.tensor([labels[i % len(labels)] for i in range(num)])
 
 
+def dataset_info(meta: dict[str, Any]) -> dict[str, Any]:
+    """The dataset description (``domain``, ``shape``, ...) of checkpoint metadata: nested under
+    ``"dataset"`` (:func:`load_ema_model`) or flat (``load_for_sampling``, evaluation files)."""
+    info = meta.get("dataset")
+    return info if isinstance(info, dict) else meta
+
+
+def image_shape(
+    meta: dict[str, Any], resolution: int | Sequence[int] | None = None
+) -> tuple[int, int]:
+    """Output ``(H, W)``: ``resolution`` (one side or ``H W``), else the training shape."""
+    if resolution is not None:
+        hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+    else:
+        hw = tuple(dataset_info(meta).get("shape") or ())[:2]
+    if len(hw) != 2 or min(hw) < 1:
+        raise ValueError(f"image sampling needs a resolution H W (got {hw or 'none'})")
+    return int(hw[0]), int(hw[1])
+
+
 @torch.no_grad()
 def generate(
     model: INRFlow,
@@ -94,20 +115,38 @@ def generate(
     cfg_scale: float = 1.0,
     steps: int = 50,
     method: str = "euler",
-    resolution: int | None = None,
+    resolution: int | Sequence[int] | None = None,
     num_points: int | None = None,
     seed: int = 0,
     batch_size: int = 64,
     chunk_size: int = 1 << 16,
     progress: bool = True,
 ) -> torch.Tensor:
-    """``num`` samples ``[num, Q, c]`` (images row-major at ``resolution``; point clouds of
-    ``num_points``), drawn ``batch_size`` at a time from one seeded generator. ``cond``
-    ``[C, M, Dc]`` condition tokens are cycled over the samples."""
-    info = meta["dataset"]
+    """``num`` samples ``[num, Q, c]`` (images row-major at ``resolution``, one side or ``H W``;
+    point clouds of ``num_points``), drawn ``batch_size`` at a time from one seeded generator.
+    ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples."""
+    info = dataset_info(meta)
+    cfg = model.config
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
-    c = model.config.value_dim
+    train_shape = tuple(info.get("shape") or ())
+    if info.get("domain", "image") == "image":
+        hw = image_shape(meta, resolution)
+        train_hw = tuple(train_shape[:2]) or hw
+        queries = grid_coords(hw, cfg.coord_low, cfg.coord_high, device=device)
+        context = context_index = None
+        if hw != train_hw:
+            factors = [f // t for f, t in zip(hw, train_hw, strict=True)]
+            if all(f % t == 0 for f, t in zip(hw, train_hw, strict=True)):  # shared noise
+                context_index = nested_grid_index(train_hw, factors, device)
+                context = queries[context_index]
+            else:  # a separate training-resolution context trajectory
+                context = grid_coords(train_hw, cfg.coord_low, cfg.coord_high, device=device)
+    else:
+        n_train = int(train_shape[0]) if train_shape else None
+        n = num_points or n_train
+        if not n:
+            raise ValueError("point-cloud sampling needs a point count (the checkpoint has none)")
     outs = []
     bar = tqdm(total=num, desc="samples", unit="sample", disable=not progress)
     for start in range(0, num, batch_size):
@@ -120,26 +159,12 @@ def generate(
         kw: dict[str, Any] = dict(
             generator=g, chunk_size=chunk_size, progress=False, batch_size=b, cond=cnd
         )
-        if info["domain"] == "image":
-            train_side = info["shape"][0]
-            side = resolution or train_side
-            queries = grid_coords((side, side), device=device)
-            if side == train_side:
-                out = sample(model, None, queries, steps, method, scale, lab, **kw)
-            elif side % train_side == 0:  # nested sub-grid: shared noise
-                idx = nested_grid_index((train_side, train_side), side // train_side, device)
-                context = queries[idx]
-                out = sample(
-                    model, context, queries, steps, method, scale, lab, context_index=idx, **kw
-                )
-            else:  # a separate training-resolution context trajectory
-                context = grid_coords((train_side, train_side), device=device)
-                out = sample(model, context, queries, steps, method, scale, lab, **kw)
+        if info.get("domain", "image") == "image":
+            kw["context_index"] = context_index
+            out = sample(model, context, queries, steps, method, scale, lab, **kw)
         else:
-            n_train = info["shape"][0]
-            n = num_points or n_train
-            noise = torch.randn(b, n, c, generator=g, device=device)
-            ctx = torch.arange(min(n, n_train), device=device) if n > n_train else None
+            noise = torch.randn(b, n, cfg.value_dim, generator=g, device=device)
+            ctx = torch.arange(n_train, device=device) if n_train and n > n_train else None
             out = sample(
                 model, None, None, steps, method, scale, lab, noise=noise, context_index=ctx, **kw
             )
@@ -279,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         chunk_size=args.chunk_size,
     )
     if info["domain"] == "image":
-        side = args.resolution or info["shape"][0]
+        hw = image_shape(meta, args.resolution)
         path = Path(args.out or "samples.png")
         nrow = args.nrow or (
             model.config.num_classes
@@ -288,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             and args.num % model.config.num_classes == 0
             else None
         )
-        save_image_grid(out, (side, side), path, nrow=nrow, scale=max(1, 128 // side))
+        save_image_grid(out, hw, path, nrow=nrow, scale=max(1, 128 // max(hw)))
     else:
         path = Path(args.out or "samples")
         for i, cloud in enumerate(out):

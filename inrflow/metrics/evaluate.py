@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from inrflow.metrics.images import load_images
 from inrflow.metrics.inception import WEIGHTS_ENV
@@ -145,65 +144,38 @@ def sample_from_model(
     points: int | None = None,
     progress: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Generate ``num_samples`` samples with :func:`inrflow.sampling.sample`.
+    """``num_samples`` samples drawn by :func:`inrflow.sample.generate` (the sampling CLI's
+    path: any resolution from the training-resolution context, chunked decoding).
 
     Images come back as ``[N, C, H, W]`` in inrflow's value range [-1, 1] (pixel centres of an
     ``H x W`` grid in the model's coordinate domain, row-major, channel 0 = row), point clouds
     as ``[N, P, 3]``. Class-conditional models get balanced labels ``i % num_classes``
     (returned, else None).
     """
-    from inrflow.sampling import grid_coords, sample
+    from inrflow.sample import generate, image_shape
 
     cfg = model.config
-    gen = torch.Generator(device="cpu").manual_seed(seed)
     num_classes = int(meta.get("num_classes", cfg.num_classes) or 0)
     labels = torch.arange(num_samples) % num_classes if num_classes > 0 else None
-    shape = tuple(meta.get("shape") or ())
-    outs = []
-    bar = tqdm(total=num_samples, desc="sampling", unit="sample", disable=not progress)
-    for s in range(0, num_samples, batch_size):
-        b = min(batch_size, num_samples - s)
-        lab = labels[s : s + b] if labels is not None else None
-        if cfg.coords_are_values:
-            p = points or (shape[0] if shape else None)
-            if not p:
-                raise ValueError("point-cloud sampling needs --points (no shape in the checkpoint)")
-            noise = torch.randn(b, int(p), cfg.value_dim, generator=gen)
-            x = sample(
-                model,
-                None,
-                None,
-                steps,
-                method,
-                cfg_scale,
-                lab,
-                noise=noise,
-                batch_size=b,
-                progress=False,
-            )
-        else:
-            hw = tuple(resolution) if resolution else shape[:2]
-            if len(hw) != cfg.coord_dim:
-                raise ValueError(f"image sampling needs --resolution (got {hw or 'none'})")
-            coords = grid_coords(hw, cfg.coord_low, cfg.coord_high)
-            noise = torch.randn(b, coords.shape[0], cfg.value_dim, generator=gen)
-            x = sample(
-                model,
-                None,
-                coords,
-                steps,
-                method,
-                cfg_scale,
-                lab,
-                noise=noise,
-                batch_size=b,
-                progress=False,
-            )
-            x = x.reshape(b, *hw, cfg.value_dim).permute(0, 3, 1, 2)
-        outs.append(x.cpu())
-        bar.update(b)
-    bar.close()
-    return torch.cat(outs), labels
+    if not cfg.coords_are_values:
+        hw = image_shape(meta, resolution)
+    x = generate(
+        model,
+        meta,
+        num_samples,
+        labels=labels,
+        cfg_scale=cfg_scale,
+        steps=steps,
+        method=method,
+        resolution=None if cfg.coords_are_values else hw,
+        num_points=points,
+        seed=seed,
+        batch_size=batch_size,
+        progress=progress,
+    )
+    if not cfg.coords_are_values:
+        x = x.reshape(num_samples, *hw, cfg.value_dim).permute(0, 3, 1, 2)
+    return x, labels
 
 
 # ------------------------------------------------------------------------------------------------
