@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import signal
 import time
 import warnings
@@ -204,11 +205,14 @@ class Trainer:
             label_dropout=cfg.label_dropout,
             time_dist=cfg.time_dist,
         )
+        workers = min(cfg.workers, _cpus())  # more workers than cores only adds processes
+        if workers < cfg.workers:
+            self._say(f"--workers {cfg.workers} capped at {workers}: the CPUs this process may use")
         self.loader = build_loader(
             self.dataset,
             self.sampler,
             collate,
-            num_workers=cfg.workers,
+            num_workers=workers,
             pin_memory=self.device.type == "cuda",
         )
         self._sample_model: INRFlow | None = None
@@ -730,3 +734,11 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
