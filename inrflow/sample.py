@@ -1,11 +1,12 @@
 """``sample.py``: generate from a checkpoint's EMA weights at any resolution or point count.
 
 Images: the encoder keeps the training-resolution context while the decoder is queried on the
-requested grid. When the requested side is a multiple of the training side the context is the
-nested sub-grid of the fine grid, so both share their noise (DESIGN §6); otherwise the context is
-a separate training-resolution trajectory. Point clouds: the first ``N_train`` of the requested
-points are the context; a model trained with condition tokens (image-to-3D) takes them from
-``--cond`` (an .npy/.npz of ``[M, Dc]`` or ``[B, M, Dc]`` tokens), guided by ``--cfg-scale``.
+requested grid (``--resolution N`` or ``H W``). When each requested side is a multiple of the
+training side the context is the nested sub-grid of the fine grid, so both share their noise
+(DESIGN §6); otherwise the context is a separate training-resolution trajectory. Point clouds:
+the first ``N_train`` of the requested points are the context; a model trained with condition
+tokens (image-to-3D) takes them from ``--cond`` (an .npy/.npz of ``[M, Dc]`` or ``[B, M, Dc]``
+tokens), guided by ``--cfg-scale``.
 Proteins: one structure per chain of ``--structures`` (default: the run's held-out chains),
 scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 """
@@ -36,6 +37,7 @@ Generate samples from an inrflow checkpoint (EMA weights).
 examples:
   python sample.py --ckpt runs/digits --num 100 --cfg-scale 3 --out digits.png
   python sample.py --ckpt runs/digits --resolution 32 --labels 3,3,3,7 --out big.png
+  python sample.py --ckpt runs/digits --resolution 16 32 --out wide.png
   python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --num-points 4096 --out clouds/
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
@@ -208,8 +210,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resolution",
         type=int,
+        nargs="+",
         default=None,
-        help="output side in pixels, any size (default: the training resolution)",
+        metavar="N",
+        help="output size in pixels, any size: one side (square) or H W "
+        "(default: the training resolution)",
     )
     p.add_argument(
         "--num-points",
@@ -259,10 +264,13 @@ def main(argv: list[str] | None = None) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.num < 1 or args.steps < 1 or args.batch_size < 1:
         raise SystemExit("sample.py: --num, --steps and --batch-size must be >= 1")
-    for name in ("resolution", "num_points"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            raise SystemExit(f"sample.py: --{name.replace('_', '-')} must be >= 1")
+    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
+        raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
+    if args.num_points is not None and args.num_points < 1:
+        raise SystemExit("sample.py: --num-points must be >= 1")
+    resolution = None
+    if args.resolution is not None:
+        resolution = tuple(args.resolution) * (2 if len(args.resolution) == 1 else 1)
     try:
         model, meta, ckpt = load_ema_model(args.ckpt, device, checksums=not args.no_checksums)
     except FileNotFoundError as exc:
@@ -297,14 +305,14 @@ def main(argv: list[str] | None = None) -> int:
         cfg_scale=cfg_scale,
         steps=args.steps,
         method=args.method,
-        resolution=args.resolution,
+        resolution=resolution,
         num_points=args.num_points,
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
     )
     if info["domain"] == "image":
-        hw = image_shape(meta, args.resolution)
+        hw = image_shape(meta, resolution)
         path = Path(args.out or "samples.png")
         nrow = args.nrow or (
             model.config.num_classes

@@ -82,6 +82,15 @@ def test_png_grid_at_the_training_and_other_resolutions(digits_run, tmp_path) ->
         assert saved["labels"].tolist() == [3, 7, 3]
 
 
+def test_png_grid_of_a_non_square_resolution(digits_run, tmp_path) -> None:
+    path = tmp_path / "wide.png"
+    argv = ["--ckpt", str(digits_run), "--num", "2", "--steps", "2", "--resolution", "8", "16"]
+    assert main([*argv, "--nrow", "2", "--out", str(path), "--npz", str(path) + ".npz"]) == 0
+    assert np.load(str(path) + ".npz")["samples"].shape == (2, 8 * 16, 1)
+    with Image.open(path) as img:  # 2 cells of 8 x 16 with a 1-pixel border, scaled 128 // 16
+        assert img.size == ((2 * 17 + 1) * 8, (8 + 2) * 8)
+
+
 def test_generate_is_seeded_and_guided(digits_run) -> None:
     model, meta, ckpt = load_ema_model(digits_run)
     assert ckpt == list_checkpoints(digits_run / "checkpoints")[0][1]
@@ -158,3 +167,6 @@ def test_errors_are_clear(digits_run, tmp_path, capsys) -> None:
         main(["--ckpt", str(digits_run), "--labels", "12"])
     with pytest.raises(SystemExit, match="--num"):
         main(["--ckpt", str(digits_run), "--num", "0"])
+    for bad in (["1", "2", "3"], ["0"], ["8", "-1"]):
+        with pytest.raises(SystemExit, match="--resolution"):
+            main(["--ckpt", str(digits_run), "--resolution", *bad])
