@@ -98,7 +98,8 @@ def image_shape(
 ) -> tuple[int, int]:
     """Output ``(H, W)``: ``resolution`` (one side or ``H W``), else the training shape."""
     if resolution is not None:
-        hw = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        hw = (resolution,) if isinstance(resolution, int) else tuple(resolution)
+        hw = hw * 2 if len(hw) == 1 else hw
     else:
         hw = tuple(dataset_info(meta).get("shape") or ())[:2]
     if len(hw) != 2 or min(hw) < 1:
@@ -268,9 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
         raise SystemExit("sample.py: --num-points must be >= 1")
-    resolution = None
-    if args.resolution is not None:
-        resolution = tuple(args.resolution) * (2 if len(args.resolution) == 1 else 1)
+    resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
         model, meta, ckpt = load_ema_model(args.ckpt, device, checksums=not args.no_checksums)
     except FileNotFoundError as exc:

@@ -117,9 +117,9 @@ def test_generate_any_image_shape_and_the_evaluation_sampler_is_the_same_path(di
 
     model, meta, _ = load_ema_model(digits_run)
     kw = dict(steps=2, seed=1, progress=False)
-    for hw in ((8, 16), (8, 12), (16, 16), (6, 6)):  # per-axis nested, separate context, ...
+    for hw in ((8, 16), (8, 12), (16, 16), (6, 6), (12,)):  # nested per axis, separate, ...
         out = generate(model, meta, 2, labels=torch.tensor([0, 1]), resolution=hw, **kw)
-        assert out.shape == (2, hw[0] * hw[1], 1) and torch.isfinite(out).all()
+        assert out.shape == (2, hw[0] * hw[-1], 1) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="resolution"):
         generate(model, {"dataset": {"domain": "image"}}, 1, **kw)
     # evaluate.py samples through generate: same seed, same samples, as [N, C, H, W]

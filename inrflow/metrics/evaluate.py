@@ -456,7 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--steps", type=int, default=100)
     g.add_argument("--method", choices=("euler", "heun", "sde"), default="euler")
     g.add_argument("--cfg-scale", type=float, default=1.0)
-    g.add_argument("--resolution", type=int, nargs="+", default=None, help="H W of images")
+    g.add_argument(
+        "--resolution", type=int, nargs="+", default=None, help="image size: one side or H W"
+    )
     g.add_argument("--points", type=int, default=None, help="points per generated cloud")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-samples", default=None, help="also save generated samples (.npz)")
