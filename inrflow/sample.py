@@ -133,15 +133,16 @@ def generate(
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
     train_shape = tuple(info.get("shape") or ())
-    if info.get("domain", "image") == "image":
+    is_image = info.get("domain", "image") == "image"
+    if is_image:
         hw = image_shape(meta, resolution)
         train_hw = tuple(train_shape[:2]) or hw
         queries = grid_coords(hw, cfg.coord_low, cfg.coord_high, device=device)
         context = context_index = None
         if hw != train_hw:
-            factors = [f // t for f, t in zip(hw, train_hw, strict=True)]
-            if all(f % t == 0 for f, t in zip(hw, train_hw, strict=True)):  # shared noise
-                context_index = nested_grid_index(train_hw, factors, device)
+            factors = [divmod(f, t) for f, t in zip(hw, train_hw, strict=True)]
+            if all(rest == 0 for _, rest in factors):  # a nested sub-grid: shared noise
+                context_index = nested_grid_index(train_hw, [f for f, _ in factors], device)
                 context = queries[context_index]
             else:  # a separate training-resolution context trajectory
                 context = grid_coords(train_hw, cfg.coord_low, cfg.coord_high, device=device)
@@ -162,7 +163,7 @@ def generate(
         kw: dict[str, Any] = dict(
             generator=g, chunk_size=chunk_size, progress=False, batch_size=b, cond=cnd
         )
-        if info.get("domain", "image") == "image":
+        if is_image:
             kw["context_index"] = context_index
             out = sample(model, context, queries, steps, method, scale, lab, **kw)
         else:

@@ -157,8 +157,7 @@ def sample_from_model(
     cfg = model.config
     num_classes = int(meta.get("num_classes", cfg.num_classes) or 0)
     labels = torch.arange(num_samples) % num_classes if num_classes > 0 else None
-    if not cfg.coords_are_values:
-        hw = image_shape(meta, resolution)
+    hw = None if cfg.coords_are_values else image_shape(meta, resolution)
     x = generate(
         model,
         meta,
@@ -167,13 +166,13 @@ def sample_from_model(
         cfg_scale=cfg_scale,
         steps=steps,
         method=method,
-        resolution=None if cfg.coords_are_values else hw,
+        resolution=hw,
         num_points=points,
         seed=seed,
         batch_size=batch_size,
         progress=progress,
     )
-    if not cfg.coords_are_values:
+    if hw is not None:
         x = x.reshape(num_samples, *hw, cfg.value_dim).permute(0, 3, 1, 2)
     return x, labels
 
