@@ -64,7 +64,9 @@ class TrainConfig:
         "chain's CA atoms) or file (as deposited, centred)",
     )
     rotate: bool = _f(
-        False, "proteins: randomly rotate every training sample (augmentation on top of the frame)"
+        False,
+        "proteins: randomly rotate every training sample (augmentation on top of the frame); "
+        "shapes: give every instance its own random orientation (default: canonical poses)",
     )
 
     # --- optimisation (the paper's values) ------------------------------------------------------
@@ -81,6 +83,16 @@ class TrainConfig:
         0.1, "probability of replacing a label / condition tokens by the null ones (CFG)"
     )
     time_dist: str = _f("logit_normal", "training times: logit_normal|uniform")
+    time_loc: float = _f(
+        0.0,
+        "location of the logit-normal training times: > 0 draws more times near the data end "
+        "(t = 1), where a point cloud's surface detail is decided",
+    )
+    pairing: str = _f(
+        "random",
+        "point clouds: random|ot. ot matches each cloud's noise points to its data points "
+        "one-to-one (least squared distance) before interpolating: straighter, uncrossed paths",
+    )
     seed: int = _f(0, "seed of the initial weights and of the data stream")
 
     # --- system ---------------------------------------------------------------------------------
@@ -156,6 +168,8 @@ class TrainConfig:
             bad(f"--task must be image, pointcloud or protein, got {self.task!r}")
         if self.time_dist not in ("logit_normal", "uniform"):
             bad(f"--time-dist must be logit_normal or uniform, got {self.time_dist!r}")
+        if self.pairing not in ("random", "ot"):
+            bad(f"--pairing must be random or ot, got {self.pairing!r}")
         if self.protein_frame not in ("principal", "file"):
             bad(f"--protein-frame must be principal or file, got {self.protein_frame!r}")
         if self.sample_method not in ("euler", "heun", "sde"):
