@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,3 +70,36 @@ def test_class_picture_rows_and_errors(tmp_path) -> None:
         save_point_cloud_grid([[clouds[0]], []], tmp_path / "x.png")
     with pytest.raises(ValueError, match="row names"):
         save_point_cloud_grid([[clouds[0]]], tmp_path / "x.png", row_names=["a", "b"])
+
+
+def test_a_shapes_run_logs_time_bands_scores_and_writes_the_picture(tmp_path) -> None:
+    from tests.test_train import TINY_MODEL, tiny_config, train
+
+    model = {k: TINY_MODEL[k] for k in ("hidden", "depth", "heads", "encoder_heads")}
+    cfg = tiny_config(
+        tmp_path,
+        data="shapes",
+        num_points=32,
+        steps=4,
+        model=model,
+        ckpt_every=0,
+        log_every=2,
+        sample_every=2,
+        num_samples=7,
+        final_samples=14,
+        sample_steps=2,
+        pairing="ot",
+        time_loc=1.0,
+    )
+    summary = train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    bands = [r for r in rows if "loss_t/0.9-1.0" in r]
+    assert [r["step"] for r in bands] == [2, 4]
+    scored = [r for r in rows if "samples/recognition" in r]
+    assert [r["step"] for r in scored] == [2]  # the last step's samples are the final ones
+    assert 0.0 <= scored[0]["samples/recognition"] <= 1.0
+    final = sorted(p.name for p in (tmp_path / "samples" / "final").iterdir())
+    assert final[:2] == ["sample_000_sphere.ply", "sample_001_torus.ply"] and len(final) == 14
+    assert Path(summary["picture"]).exists()
+    scores = json.loads((tmp_path / "final_scores.json").read_text())
+    assert {"recognition", "recognition_min", "1-NNA-CD_mean", "MMD-CD", "COV-CD"} <= set(scores)

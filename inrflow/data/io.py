@@ -109,6 +109,7 @@ def save_point_cloud_grid(
             ax = fig.add_subplot(len(rows), ncol, i * ncol + j + 1, projection="3d")
             ax.scatter(pts[:, 0], pts[:, 1], pts[:, 2], s=1.0, c=pts[:, 2], cmap="viridis")
             ax.set_xlim(-1, 1), ax.set_ylim(-1, 1), ax.set_zlim(-1, 1)
+            ax.set_box_aspect((1, 1, 1))
             ax.view_init(elev=20, azim=35)
             ax.set_axis_off()
             title = "real" if j < real_columns else "sample"
