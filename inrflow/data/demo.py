@@ -202,9 +202,7 @@ class ShapesDataset(CoordinateDataset):
     def heldout(self, per_class: int, offset: int = HELDOUT_OFFSET) -> ShapesDataset:
         """The same classes, points and pose convention, on instances ``offset`` onwards (no
         overlap with the training instances while ``offset`` exceeds their count)."""
-        return ShapesDataset(
-            self.num_points, per_class, rotate=self.rotate, first_instance=offset
-        )
+        return ShapesDataset(self.num_points, per_class, rotate=self.rotate, first_instance=offset)
 
     def clouds(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Every item once: clouds ``[S, N, 3]`` and labels ``[S]`` (points drawn from

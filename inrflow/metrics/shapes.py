@@ -149,7 +149,6 @@ class ShapeClassifier:
         }
 
 
-
 def score_class_samples(
     samples: ArrayLike,
     labels: ArrayLike,
@@ -185,9 +184,7 @@ def score_class_samples(
         if len(si) < 2 or len(ri) < 2:
             continue
         si_t, ri_t = torch.from_numpy(si), torch.from_numpy(ri)
-        nna[name] = one_nna(
-            m_rr[ri_t][:, ri_t], m_ss[si_t][:, si_t], m_rs[ri_t][:, si_t]
-        )
+        nna[name] = one_nna(m_rr[ri_t][:, ri_t], m_ss[si_t][:, si_t], m_rs[ri_t][:, si_t])
     out.update({f"1-NNA-CD/{k}": v for k, v in nna.items()})
     if nna:
         out["1-NNA-CD_mean"] = float(np.mean(list(nna.values())))
