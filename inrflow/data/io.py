@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -119,6 +120,10 @@ def save_point_cloud_grid(
     fig.subplots_adjust(left=0, right=1, bottom=0, top=0.97, wspace=0, hspace=0.1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
     plt.close(fig)
+    buf.seek(0)
+    # a 64-colour palette: the picture is dots on white, and a fifth the size of full RGB
+    Image.open(buf).convert("RGB").quantize(64).save(path, optimize=True)
     return path
