@@ -240,6 +240,31 @@ CLASSIFIER_JITTER = 0.05
 _CLASSIFIERS: dict[tuple[int, bool], Any] = {}
 
 
+def _volumes(count: int, num_points: int, rotate: bool, seed: int) -> torch.Tensor:
+    """``count`` clouds that fill a volume instead of lying on a surface: Gaussian blobs,
+    solid boxes and solid ellipsoids with random proportions, normalised like the shapes."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(count):
+        axes = 0.3 + 0.7 * rng.random(3)
+        if i % 3 == 0:
+            pts = rng.normal(size=(num_points, 3))
+        elif i % 3 == 1:
+            pts = 2 * rng.random((num_points, 3)) - 1
+        else:
+            d = rng.normal(size=(num_points, 3))
+            d /= np.linalg.norm(d, axis=1, keepdims=True)
+            pts = d * rng.random((num_points, 1)) ** (1 / 3)
+        pts = pts * axes
+        if rotate:
+            pts = pts @ _random_rotation(rng).T
+        out.append(torch.from_numpy(normalize_points(pts, "shape_bbox")).float())
+    return torch.stack(out)
+
+
+NO_SHAPE = "none"  # the classifier's label for a cloud that fills a volume
+
+
 def shapes_classifier(num_points: int, rotate: bool) -> Any:
     """The :class:`~inrflow.metrics.shapes.ShapeClassifier` trained on 100 real instances per
     class (none of them a training or held-out instance), built once per point count and pose
@@ -247,8 +272,11 @@ def shapes_classifier(num_points: int, rotate: bool) -> Any:
 
     Every training cloud is seen twice: clean, and with Gaussian jitter of a random scale up to
     ``CLASSIFIER_JITTER`` (in the [-1, 1] box), so a generated shape whose points sit slightly
-    off the surface is still judged by its shape, not rejected for its thickness. It recognises
-    over 99% of real held-out shapes, aligned or rotated (``tests/test_metrics_shapes.py``).
+    off the surface is still judged by its shape, not rejected for its thickness. An eighth
+    class, :data:`NO_SHAPE`, holds clouds that fill a volume (Gaussian blobs, solid boxes and
+    ellipsoids): a blob is not counted as whichever class it happens to be nearest. It
+    recognises over 98% of real held-out shapes, aligned or rotated
+    (``tests/test_metrics_shapes.py``).
     """
     from inrflow.metrics.shapes import ShapeClassifier
 
@@ -261,8 +289,10 @@ def shapes_classifier(num_points: int, rotate: bool) -> Any:
         g = torch.Generator().manual_seed(0)
         scale = torch.rand(len(clouds), 1, 1, generator=g) * CLASSIFIER_JITTER
         jittered = clouds + scale * torch.randn(clouds.shape, generator=g)
-        _CLASSIFIERS[key] = ShapeClassifier(SHAPE_CLASSES).fit(
-            torch.cat([clouds, jittered]), torch.cat([labels, labels])
+        volumes = _volumes(3 * CLASSIFIER_PER_CLASS, num_points, rotate, seed=5)
+        none = torch.full((len(volumes),), len(SHAPE_CLASSES), dtype=labels.dtype)
+        _CLASSIFIERS[key] = ShapeClassifier((*SHAPE_CLASSES, NO_SHAPE)).fit(
+            torch.cat([clouds, jittered, volumes]), torch.cat([labels, labels, none])
         )
     return _CLASSIFIERS[key]
 
