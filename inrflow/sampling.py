@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,24 +25,113 @@ from tqdm.auto import tqdm
 from inrflow.flow import TIME_EPS
 from inrflow.model.pseudo_coords import grid_coords
 
+DOPRI5_ATOL = 1e-3
+DOPRI5_RTOL = 1e-3
+
 __all__ = [
+    "FIXED_STEP_METHODS",
     "METHODS",
+    "SolverStats",
     "grid_coords",
     "integrate",
     "nested_grid_index",
+    "resolution_shift",
     "sample",
     "sde_lambda",
+    "shift_time",
+    "time_grid",
 ]
 
-METHODS = ("euler", "heun", "sde")
+FIXED_STEP_METHODS = ("euler", "heun", "sde")
+METHODS = (*FIXED_STEP_METHODS, "dopri5")
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
+# Dormand–Prince 5(4): nodes, stage weights, the 5th-order weights (equal to the last stage's row:
+# "first same as last", the final stage is the next step's first) and the 4th-order weights
+# whose difference estimates the local error.
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_A = (
+    (),
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+_DP_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+_DP_E = tuple(b5 - b4 for b5, b4 in zip(_DP_B5, _DP_B4, strict=True))
 
-def time_grid(steps: int, t_eps: float = TIME_EPS) -> list[float]:
-    """``steps + 1`` uniform times from ``t_eps`` to 1 (the authors' ``linspace(1e-4, 1)``)."""
+
+@dataclass
+class SolverStats:
+    """What an integration cost: filled in by :func:`integrate` (and summed over batches by
+    callers that integrate several times).
+
+    ``nfe`` counts velocity evaluations (the cost a user pays: one model forward each; with
+    classifier-free guidance the conditional and unconditional halves are one batched forward).
+    ``steps``/``rejected``: accepted and rejected steps (rejections only with ``dopri5``);
+    ``calls``: integrations summed here.
+    """
+
+    nfe: int = 0
+    steps: int = 0
+    rejected: int = 0
+    calls: int = 0
+
+    @property
+    def nfe_per_call(self) -> float:
+        """Mean NFE of one integration (one batch of samples)."""
+        return self.nfe / self.calls if self.calls else 0.0
+
+    def describe(self) -> str:
+        """One line for logs: NFE per integration, and rejections of adaptive steps if any."""
+        text = f"NFE {self.nfe_per_call:g}"
+        if self.calls > 1:
+            text += f" per batch ({self.nfe} over {self.calls} batches)"
+        if self.rejected:
+            text += f", {self.steps} accepted / {self.rejected} rejected steps"
+        return text
+
+
+def shift_time(u: float, shift: float) -> float:
+    """The SD3 / diffusers time shift of a fraction ``u`` in [0, 1] of the way to the data.
+
+    With the noise level ``sigma = 1 - u`` the shifted level is ``s sigma / (1 + (s - 1) sigma)``
+    (SD3's ``shift``; diffusers' dynamic shifting is the same map with ``s = exp(mu)``).
+    ``s > 1`` spends more of a fixed number of steps near the noise, where larger images need
+    them; ``s = 1`` is the identity; 0 and 1 are fixed points.
+    """
+    if not shift > 0:
+        raise ValueError(f"time shift must be > 0, got {shift}")
+    sigma = 1.0 - u
+    return 1.0 - shift * sigma / (1.0 + (shift - 1.0) * sigma)
+
+
+def resolution_shift(num_pairs: int, base_pairs: int, base_shift: float = 1.0) -> float:
+    """SD3's resolution-dependent shift ``base_shift * sqrt(num_pairs / base_pairs)``.
+
+    Sampling ``num_pairs`` coordinate–value pairs where the model was trained (or the shift
+    ``base_shift`` was tuned) on ``base_pairs``: more pairs of the same signal are less
+    corrupted by the same noise level, so more of the steps belong near the noise.
+    """
+    if num_pairs < 1 or base_pairs < 1:
+        raise ValueError(f"pair counts must be >= 1, got {num_pairs} and {base_pairs}")
+    return base_shift * math.sqrt(num_pairs / base_pairs)
+
+
+def time_grid(steps: int, t_eps: float = TIME_EPS, shift: float = 1.0) -> list[float]:
+    """``steps + 1`` times from ``t_eps`` to 1: uniform (the authors' ``linspace(1e-4, 1)``) or,
+    with ``shift != 1``, uniform fractions mapped by :func:`shift_time` (same end points)."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return torch.linspace(t_eps, 1.0, steps + 1, dtype=torch.float64).tolist()
+    us = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64).tolist()
+    if shift != 1.0:
+        us = [shift_time(u, shift) for u in us]
+    ts = [t_eps + (1.0 - t_eps) * u for u in us]
+    ts[0], ts[-1] = t_eps, 1.0
+    return ts
 
 
 def sde_lambda(t: float, diffusion: str = "sbdm", scale: float = 1.0) -> float:
@@ -69,9 +159,17 @@ def integrate(
     diffusion: str = "sbdm",
     diffusion_scale: float = 1.0,
     sde_scheme: str = "exponential",
+    time_shift: float = 1.0,
+    atol: float = DOPRI5_ATOL,
+    rtol: float = DOPRI5_RTOL,
+    max_steps: int = 10_000,
+    stats: SolverStats | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Integrate from noise ``x`` at ``t_eps`` to t = 1 with ``steps`` steps.
+    """Integrate from noise ``x`` at ``t_eps`` to t = 1.
+
+    Fixed-step methods take ``steps`` steps on :func:`time_grid` (uniform, or shifted by
+    ``time_shift``):
 
     - ``euler``: ``x += h v(x, t)`` (``steps`` evaluations; the model never sees t = 1).
     - ``heun``: the trapezoid of ``v(x, t)`` and ``v(x + h v, t + h)`` (``2 steps`` evaluations).
@@ -81,20 +179,37 @@ def integrate(
       the step is stable for any ``lam h``: with SBDM the first step has ``lam h ~ 20`` and plain
       EM (``sde_scheme="euler_maruyama"``) multiplies the state by ``1 - lam h ~ -19``, the
       std ~ 20 blow-up of the authors' sampler. As ``lam h -> 0`` both schemes coincide.
+
+    ``dopri5`` (adaptive Dormand–Prince 5(4), ``steps`` and ``time_shift`` unused): see
+    :func:`_dopri5`; it ends exactly at t = 1 like the others.
+
+    ``stats`` (optional) receives the NFE and step counts of this integration (added to what
+    it holds). ``velocity`` is called as ``velocity(x, t)`` with a Python float ``t``.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if sde_scheme not in ("exponential", "euler_maruyama"):
         raise ValueError(f"sde_scheme must be exponential|euler_maruyama, got {sde_scheme!r}")
-    ts = time_grid(steps, t_eps)
+    stats = stats if stats is not None else SolverStats()
+    stats.calls += 1
+
+    def counted(state: torch.Tensor, t: float) -> torch.Tensor:
+        stats.nfe += 1
+        return velocity(state, t)
+
+    if method == "dopri5":
+        if time_shift != 1.0:
+            raise ValueError("time_shift applies to the fixed-step methods, not to dopri5")
+        return _dopri5(counted, x, t_eps, atol, rtol, max_steps, stats, progress)
+    ts = time_grid(steps, t_eps, time_shift)
     for n in tqdm(range(steps), desc=f"sampling ({method})", disable=not progress, leave=False):
         t0, t1 = ts[n], ts[n + 1]
         h = t1 - t0
-        v = velocity(x, t0)
+        v = counted(x, t0)
         if method == "euler":
             x = x + h * v
         elif method == "heun":
-            v1 = velocity(x + h * v, t1)
+            v1 = counted(x + h * v, t1)
             x = x + (0.5 * h) * (v + v1)
         elif n == steps - 1:  # sde, last step: deterministic
             x = x + h * v
@@ -111,7 +226,102 @@ def integrate(
                 b = (1 - a) / lam * (1 + lam * t0)
                 c = math.sqrt(w * (1 - a * a) / lam)
                 x = a * x + b * v + c * noise
+        stats.steps += 1
     return x
+
+
+def _error_ratio(err: torch.Tensor, scale: torch.Tensor) -> float:
+    """The largest per-sample RMS of ``err / scale`` (dim 0 = samples), as a Python float.
+
+    Per sample rather than over the whole batch, so that one badly resolved sample is not
+    averaged away by a well-behaved majority. The one host sync of an adaptive step: the
+    accept/reject decision is made on the host.
+    """
+    r = (err / scale).float().reshape(err.shape[0], -1)
+    return float(r.square().mean(1).sqrt().max())
+
+
+def _dopri5(
+    f: Velocity,
+    x: torch.Tensor,
+    t_eps: float,
+    atol: float,
+    rtol: float,
+    max_steps: int,
+    stats: SolverStats,
+    progress: bool,
+) -> torch.Tensor:
+    """Adaptive Dormand–Prince 5(4) from ``t_eps`` to exactly 1 (the local-extrapolation, FSAL
+    scheme of ``scipy``'s RK45 and ``torchdiffeq``'s dopri5).
+
+    A step is accepted when the largest per-sample RMS of the error estimate, measured in units
+    of ``atol + rtol max(|x|, |x_new|)``, is <= 1; the next step is ``h * clip(0.9 ratio^-1/5,
+    0.2, 10)`` (at most ``h`` after a rejection). The first step is chosen as in Hairer, Nørsett
+    & Wanner (one extra evaluation). NFE = 2 + 6 x (accepted + rejected steps). The stages hold
+    7 copies of the state.
+    """
+    if not (atol > 0 and rtol >= 0):
+        raise ValueError(f"dopri5 needs atol > 0 and rtol >= 0, got atol={atol}, rtol={rtol}")
+    t, t_end = float(t_eps), 1.0
+    k1 = f(x, t)
+    h = _initial_step(f, x, t, k1, atol, rtol, t_end - t)
+    bar = tqdm(total=1000, desc="sampling (dopri5)", disable=not progress, leave=False)
+    while t < t_end:
+        if stats.steps + stats.rejected >= max_steps:
+            raise RuntimeError(
+                f"dopri5 took {max_steps} steps without reaching t = 1 (at t = {t:.6g}, step "
+                f"{h:.3g}): loosen atol/rtol or raise max_steps"
+            )
+        last = t + h >= t_end - 1e-12 * max(1.0, abs(t_end))
+        if last:
+            h = t_end - t
+        ks = [k1]
+        for i in range(1, 7):
+            y = x
+            for a, k in zip(_DP_A[i], ks, strict=True):
+                if a != 0.0:
+                    y = y + (h * a) * k
+            ks.append(f(y, t_end if (last and i >= 5) else t + _DP_C[i] * h))
+        x_new = y  # the 7th stage is evaluated at the 5th-order solution (FSAL)
+        err = sum((h * e) * k for e, k in zip(_DP_E, ks, strict=True) if e != 0.0)
+        scale = atol + rtol * torch.maximum(x.abs(), x_new.abs())
+        ratio = _error_ratio(err, scale)
+        if ratio <= 1.0:
+            t = t_end if last else t + h
+            x, k1 = x_new, ks[6]
+            stats.steps += 1
+            bar.update(round(1000 * (t - t_eps) / (t_end - t_eps)) - bar.n)
+            factor = 10.0 if ratio == 0.0 else min(10.0, max(0.2, 0.9 * ratio**-0.2))
+        else:
+            stats.rejected += 1
+            factor = min(1.0, max(0.2, 0.9 * ratio**-0.2))
+        h = h * factor
+    bar.close()
+    return x
+
+
+def _initial_step(
+    f: Velocity,
+    x: torch.Tensor,
+    t: float,
+    v: torch.Tensor,
+    atol: float,
+    rtol: float,
+    span: float,
+) -> float:
+    """First step size of an order-5 method (Hairer, Nørsett & Wanner, Solving ODEs I, II.4):
+    small enough that an Euler step changes ``x`` by ~1% of its scale, corrected by the
+    curvature seen one trial step later."""
+    scale = atol + rtol * x.abs()
+    d0 = _error_ratio(x, scale)
+    d1 = _error_ratio(v, scale)
+    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = min(h0, span)
+    v1 = f(x + h0 * v, t + h0)
+    d2 = _error_ratio(v1 - v, scale) / h0
+    d = max(d1, d2)
+    h1 = max(1e-6, h0 * 1e-3) if d <= 1e-15 else (0.01 / d) ** 0.2
+    return min(100 * h0, h1, span)
 
 
 def _gen_device(generator: torch.Generator | None, x: torch.Tensor) -> torch.device:
@@ -175,6 +385,10 @@ def sample(
     diffusion: str = "sbdm",
     diffusion_scale: float = 1.0,
     sde_scheme: str = "exponential",
+    time_shift: float = 1.0,
+    atol: float = DOPRI5_ATOL,
+    rtol: float = DOPRI5_RTOL,
+    stats: SolverStats | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """Generate values at ``query_coords``; returns ``[B, Q, c]`` (float32).
@@ -187,7 +401,9 @@ def sample(
             without it they form a separate trajectory (noise ``context_noise``).
         query_coords: ``[Q, d]`` / ``[B, Q, d]``. For ``coords_are_values`` models (point
             clouds) coordinates are ignored and may be None; ``noise`` then sets Q.
-        steps: integration steps (NFE: ``steps`` for euler/sde, ``2 steps`` for heun).
+        steps: integration steps (NFE: ``steps`` for euler/sde, ``2 steps`` for heun; unused
+            by dopri5, whose NFE follows from ``atol``/``rtol``).
+        method: ``euler``, ``heun``, ``sde`` or ``dopri5`` (see :func:`integrate`).
         cfg_scale: guidance ``v_u + s (v_c - v_u)``; conditional and unconditional halves run as
             one batched forward of size 2B. Needs labels or cond tokens when != 1.
         labels: ``[B]`` class labels; cond: ``[B, M, cond_dim]`` condition tokens.
@@ -197,6 +413,10 @@ def sample(
         noise: initial noise ``[B, Q, c]``, e.g. drawn once on the finest grid.
         chunk_size: query points per decoder pass summed over the batch (and the CFG halves);
             bounds the decoder's activation memory.
+        time_shift: shift of the fixed-step time grid (:func:`shift_time`; 1 = uniform).
+        atol, rtol: dopri5's error tolerances (on values in the model's range, [-1, 1] for
+            images).
+        stats: a :class:`SolverStats` that receives the NFE and steps of this call.
     """
     cfg = model.config
     c = cfg.value_dim
@@ -315,6 +535,10 @@ def sample(
             diffusion=diffusion,
             diffusion_scale=diffusion_scale,
             sde_scheme=sde_scheme,
+            time_shift=time_shift,
+            atol=atol,
+            rtol=rtol,
+            stats=stats,
             progress=progress,
         )
     finally:
