@@ -14,6 +14,7 @@ scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +27,25 @@ from tqdm.auto import tqdm
 from inrflow.data.io import save_image_grid, save_ply
 from inrflow.model import INRFlow
 from inrflow.model.pseudo_coords import grid_coords
-from inrflow.sampling import nested_grid_index, sample
+from inrflow.sampling import (
+    DOPRI5_ATOL,
+    DOPRI5_RTOL,
+    METHODS,
+    SolverStats,
+    nested_grid_index,
+    resolution_shift,
+    sample,
+)
 from inrflow.train.checkpoint import load_ema_model
 
-__all__ = ["dataset_info", "generate", "image_shape", "load_ema_model", "main"]
+__all__ = [
+    "add_solver_arguments",
+    "dataset_info",
+    "generate",
+    "image_shape",
+    "load_ema_model",
+    "main",
+]
 
 DESCRIPTION = """\
 Generate samples from an inrflow checkpoint (EMA weights).
@@ -123,11 +139,21 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     chunk_size: int = 1 << 16,
+    time_shift: float = 1.0,
+    shift_by_pairs: bool = False,
+    atol: float = DOPRI5_ATOL,
+    rtol: float = DOPRI5_RTOL,
+    stats: SolverStats | None = None,
     progress: bool = True,
 ) -> torch.Tensor:
     """``num`` samples ``[num, Q, c]`` (images row-major at ``resolution``, one side or ``H W``;
     point clouds of ``num_points``), drawn ``batch_size`` at a time from one seeded generator.
-    ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples."""
+    ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples.
+
+    ``method``/``steps``/``time_shift``/``atol``/``rtol``: see :func:`inrflow.sampling.sample`;
+    ``shift_by_pairs`` multiplies ``time_shift`` by ``sqrt(Q / Q_train)``
+    (:func:`~inrflow.sampling.resolution_shift`, Q = pairs sampled, Q_train = pairs of a
+    training item). ``stats`` receives the NFE summed over the batches."""
     info = dataset_info(meta)
     cfg = model.config
     device = next(model.parameters()).device
@@ -151,6 +177,9 @@ def generate(
         n = num_points or n_train
         if not n:
             raise ValueError("point-cloud sampling needs a point count (the checkpoint has none)")
+    if shift_by_pairs:
+        pairs, train_pairs = (math.prod(hw), math.prod(train_hw)) if is_image else (n, n_train or n)
+        time_shift = resolution_shift(pairs, train_pairs, time_shift)
     outs = []
     bar = tqdm(total=num, desc="samples", unit="sample", disable=not progress)
     for start in range(0, num, batch_size):
@@ -161,7 +190,15 @@ def generate(
             cnd = cond[torch.arange(start, start + b) % cond.shape[0]].to(device)
         scale = cfg_scale if lab is not None or cnd is not None else 1.0
         kw: dict[str, Any] = dict(
-            generator=g, chunk_size=chunk_size, progress=False, batch_size=b, cond=cnd
+            generator=g,
+            chunk_size=chunk_size,
+            progress=False,
+            batch_size=b,
+            cond=cnd,
+            time_shift=time_shift,
+            atol=atol,
+            rtol=rtol,
+            stats=stats,
         )
         if is_image:
             kw["context_index"] = context_index
@@ -176,6 +213,68 @@ def generate(
         bar.update(b)
     bar.close()
     return torch.cat(outs)
+
+
+def add_solver_arguments(p: argparse._ActionsContainer, default_steps: int) -> None:
+    """The sampler options shared by ``sample.py`` and ``evaluate.py``."""
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="euler",
+        help="sampler: euler|heun|sde (fixed steps) or dopri5 (adaptive, --atol/--rtol); "
+        "default euler",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=default_steps,
+        help=f"steps of the fixed-step samplers (NFE: steps, 2 x steps for heun; unused by "
+        f"dopri5); default {default_steps}",
+    )
+    p.add_argument(
+        "--time-shift",
+        type=float,
+        default=1.0,
+        help="shift of the fixed-step time grid as in SD3/diffusers (noise level sigma -> "
+        "s sigma / (1 + (s - 1) sigma)); > 1 puts more steps near the noise; default 1 (uniform)",
+    )
+    p.add_argument(
+        "--shift-by-resolution",
+        action="store_true",
+        help="multiply --time-shift by sqrt(pairs sampled / pairs of a training item) (SD3's "
+        "resolution-dependent shift)",
+    )
+    p.add_argument(
+        "--atol", type=float, default=DOPRI5_ATOL, help=f"dopri5 absolute tolerance ({DOPRI5_ATOL})"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=DOPRI5_RTOL, help=f"dopri5 relative tolerance ({DOPRI5_RTOL})"
+    )
+
+
+def check_solver_arguments(args: argparse.Namespace) -> str | None:
+    """Why the sampler options of :func:`add_solver_arguments` are unusable, or None."""
+    if args.steps < 1:
+        return "--steps must be >= 1"
+    if not args.time_shift > 0:
+        return "--time-shift must be > 0"
+    if not (args.atol > 0 and args.rtol >= 0):
+        return "--atol must be > 0 and --rtol >= 0"
+    if args.method == "dopri5" and (args.time_shift != 1.0 or args.shift_by_resolution):
+        return "--time-shift and --shift-by-resolution apply to the fixed-step methods, not dopri5"
+    return None
+
+
+def solver_description(args: argparse.Namespace) -> str:
+    """The sampler of parsed options in words, for the log line before sampling."""
+    if args.method == "dopri5":
+        return f"dopri5 (atol {args.atol:g}, rtol {args.rtol:g})"
+    text = f"{args.method} {args.steps} steps"
+    if args.time_shift != 1.0 or args.shift_by_resolution:
+        text += f", time shift {args.time_shift:g}" + (
+            " x sqrt(pairs ratio)" if args.shift_by_resolution else ""
+        )
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,13 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classifier-free guidance scale (default: the training run's)",
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
-    p.add_argument(
-        "--method",
-        choices=("euler", "heun", "sde"),
-        default="euler",
-        help="sampler (default euler)",
-    )
+    add_solver_arguments(p, default_steps=50)
     p.add_argument(
         "--resolution",
         type=int,
@@ -264,8 +357,10 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
-        raise SystemExit("sample.py: --num, --steps and --batch-size must be >= 1")
+    if args.num < 1 or args.batch_size < 1:
+        raise SystemExit("sample.py: --num and --batch-size must be >= 1")
+    if (err := check_solver_arguments(args)) is not None:
+        raise SystemExit(f"sample.py: {err}")
     if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
@@ -291,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg_scale is None:
         cfg_scale = float(meta.get("train_config", {}).get("cfg_scale", 1.0))
     print(
-        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, {args.method} "
-        f"{args.steps} steps, CFG "
+        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, "
+        f"{solver_description(args)}, CFG "
         f"{cfg_scale if labels is not None or cond is not None else 'off'}",
         flush=True,
     )
+    stats = SolverStats()
     out = generate(
         model,
         meta,
@@ -310,7 +406,13 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        time_shift=args.time_shift,
+        shift_by_pairs=args.shift_by_resolution,
+        atol=args.atol,
+        rtol=args.rtol,
+        stats=stats,
     )
+    print(f"[inrflow] {stats.describe()}", flush=True)
     if info["domain"] == "image":
         hw = image_shape(meta, resolution)
         path = Path(args.out or "samples.png")

@@ -226,6 +226,30 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert rc == 0, text
     assert report is not None and report["settings"]["kind"] == "digits"
+    assert report["settings"]["nfe_per_batch"] == 1 and "NFE 1 per batch" in text
+    rc, text, report = _run(
+        [
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--num-samples",
+            "4",
+            "--method",
+            "heun",
+            "--steps",
+            "2",
+            "--time-shift",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert rc == 0 and report["settings"]["nfe_per_batch"] == 4
+    assert report["settings"]["time_shift"] == 2.0
+    rc, text, _ = _run(
+        ["--checkpoint", str(tmp_path / "run"), "--method", "dopri5", "--time-shift", "2"], capsys
+    )
+    assert rc == 2 and "not dopri5" in text
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -170,3 +170,38 @@ def test_errors_are_clear(digits_run, tmp_path, capsys) -> None:
     for bad in (["1", "2", "3"], ["0"], ["8", "-1"]):
         with pytest.raises(SystemExit, match="--resolution"):
             main(["--ckpt", str(digits_run), "--resolution", *bad])
+
+
+def test_solver_options_and_the_nfe_is_reported(digits_run, tmp_path, capsys) -> None:
+    png = str(tmp_path / "s.png")
+    base = ["--ckpt", str(digits_run), "--num", "4", "--batch-size", "2", "--out", png]
+    assert main([*base, "--method", "heun", "--steps", "3"]) == 0
+    assert "NFE 6 per batch (12 over 2 batches)" in capsys.readouterr().out
+    assert main([*base, "--method", "dopri5", "--atol", "1e-2", "--rtol", "1e-2"]) == 0
+    text = capsys.readouterr().out
+    assert "dopri5 (atol 0.01, rtol 0.01)" in text and "NFE " in text
+    argv = [*base, "--steps", "4", "--time-shift", "3", "--shift-by-resolution"]
+    assert main([*argv, "--resolution", "16"]) == 0
+    assert "time shift 3 x sqrt(pairs ratio)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--time-shift"):
+        main([*base, "--time-shift", "0"])
+    with pytest.raises(SystemExit, match="not dopri5"):
+        main([*base, "--method", "dopri5", "--time-shift", "2"])
+    with pytest.raises(SystemExit, match="--atol"):
+        main([*base, "--method", "dopri5", "--atol", "0"])
+
+
+def test_generate_resolution_shift_is_the_shifted_grid(digits_run) -> None:
+    """``shift_by_pairs`` at 16 x 16 from an 8 x 8 run is the grid shifted by 2 x time_shift."""
+    from inrflow.sampling import SolverStats
+
+    model, meta, _ = load_ema_model(digits_run)
+    kw = dict(steps=3, resolution=16, progress=False, labels=torch.tensor([1, 2, 3]))
+    auto = generate(model, meta, 3, time_shift=1.5, shift_by_pairs=True, **kw)
+    fixed = generate(model, meta, 3, time_shift=3.0, **kw)
+    plain = generate(model, meta, 3, **kw)
+    torch.testing.assert_close(auto, fixed)
+    assert not torch.allclose(auto, plain)
+    stats = SolverStats()
+    generate(model, meta, 3, method="dopri5", batch_size=2, stats=stats, **kw)
+    assert stats.calls == 2 and stats.nfe >= 2 * 8

@@ -143,6 +143,7 @@ def sample_from_model(
     resolution: Sequence[int] | None = None,
     points: int | None = None,
     progress: bool = True,
+    **solver: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``num_samples`` samples drawn by :func:`inrflow.sample.generate` (the sampling CLI's
     path: any resolution from the training-resolution context, chunked decoding).
@@ -150,7 +151,8 @@ def sample_from_model(
     Images come back as ``[N, C, H, W]`` in inrflow's value range [-1, 1] (pixel centres of an
     ``H x W`` grid in the model's coordinate domain, row-major, channel 0 = row), point clouds
     as ``[N, P, 3]``. Class-conditional models get balanced labels ``i % num_classes``
-    (returned, else None).
+    (returned, else None). ``solver``: further options of :func:`~inrflow.sample.generate`
+    (``time_shift``, ``shift_by_pairs``, ``atol``, ``rtol``, ``stats``).
     """
     from inrflow.sample import generate, image_shape
 
@@ -171,6 +173,7 @@ def sample_from_model(
         seed=seed,
         batch_size=batch_size,
         progress=progress,
+        **solver,
     )
     if hw is not None:
         x = x.reshape(num_samples, *hw, cfg.value_dim).permute(0, 3, 1, 2)
@@ -231,7 +234,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.no_progress
     labels: torch.Tensor | None = None
     meta: dict[str, Any] = {}
+    stats = None
     if args.checkpoint:
+        from inrflow.sampling import SolverStats
+
+        stats = SolverStats()
         model, meta = load_checkpoint_model(args.checkpoint, device)
         samples, labels = sample_from_model(
             model,
@@ -245,6 +252,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             resolution=args.resolution,
             points=args.points,
             progress=progress,
+            time_shift=args.time_shift,
+            shift_by_pairs=args.shift_by_resolution,
+            atol=args.atol,
+            rtol=args.rtol,
+            stats=stats,
         )
         source = f"checkpoint {args.checkpoint}"
         if args.save_samples:
@@ -354,6 +366,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         settings.update(
             steps=args.steps,
             method=args.method,
+            time_shift=args.time_shift,
+            shift_by_resolution=args.shift_by_resolution,
+            atol=args.atol,
+            rtol=args.rtol,
+            nfe_per_batch=stats.nfe_per_call,
+            nfe_total=stats.nfe,
             cfg_scale=args.cfg_scale,
             num_samples=args.num_samples,
             seed=args.seed,
@@ -381,6 +399,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inrflow.sample import add_solver_arguments
+
     p = argparse.ArgumentParser(
         prog="evaluate.py",
         description=(
@@ -452,8 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-shape normalisation of both sets (bbox: the LION protocol)",
     )
     g = p.add_argument_group("sampling (with --checkpoint)")
-    g.add_argument("--steps", type=int, default=100)
-    g.add_argument("--method", choices=("euler", "heun", "sde"), default="euler")
+    add_solver_arguments(g, default_steps=100)
     g.add_argument("--cfg-scale", type=float, default=1.0)
     g.add_argument(
         "--resolution", type=int, nargs="+", default=None, help="image size: one side or H W"
@@ -469,12 +488,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint and args.num_samples is None:
         args.num_samples = 500
+    from inrflow.sample import check_solver_arguments
+
+    if args.checkpoint and (err := check_solver_arguments(args)) is not None:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        return 2
     try:
         report = evaluate(args)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     print(format_table(report))
+    if "nfe_per_batch" in report["settings"]:
+        st = report["settings"]
+        print(f"\nsampler: NFE {st['nfe_per_batch']:g} per batch ({st['nfe_total']} in all)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
