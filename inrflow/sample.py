@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from inrflow.data.io import save_image_grid, save_ply
 from inrflow.model import INRFlow
+from inrflow.model.pretrained import is_pretrained, load_pretrained, read_pretrained_config
 from inrflow.model.pseudo_coords import grid_coords
 from inrflow.sampling import (
     DOPRI5_ATOL,
@@ -44,6 +45,7 @@ __all__ = [
     "generate",
     "image_shape",
     "load_ema_model",
+    "load_model",
     "main",
 ]
 
@@ -61,6 +63,17 @@ examples:
 """
 
 COND_KEYS = ("cond", "tokens", "condition")
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", checksums: bool = True
+) -> tuple[INRFlow, dict[str, Any], Path]:
+    """``(model, meta, source)`` of a training run or checkpoint folder (its EMA weights, by
+    :func:`load_ema_model`) or of an exported folder (:func:`inrflow.model.load_pretrained`);
+    ``meta`` holds ``step``, ``dataset`` and ``train_config`` either way."""
+    if is_pretrained(path):
+        return load_pretrained(path, device), read_pretrained_config(path), Path(path)
+    return load_ema_model(path, device, checksums=checksums)
 
 
 def load_condition(path: str | Path, cond_dim: int) -> torch.Tensor:
@@ -286,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt",
         required=True,
-        help="a checkpoint folder (step_*), or a run folder: its newest valid checkpoint",
+        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
+        "folder exported by python -m inrflow.export",
     )
     p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     p.add_argument(
@@ -367,8 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sample.py: --num-points must be >= 1")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_ema_model(args.ckpt, device, checksums=not args.no_checksums)
-    except FileNotFoundError as exc:
+        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
     info = meta["dataset"]
     if info["domain"] == "protein":

@@ -205,3 +205,54 @@ def test_generate_resolution_shift_is_the_shifted_grid(digits_run) -> None:
     stats = SolverStats()
     generate(model, meta, 3, method="dopri5", batch_size=2, stats=stats, **kw)
     assert stats.calls == 2 and stats.nfe >= 2 * 8
+
+
+def test_export_round_trip(digits_run, tmp_path, capsys) -> None:
+    """EMA weights -> safetensors + JSON -> the same model, samples and CLI, without DCP."""
+    import json
+    import subprocess
+    import sys
+
+    from inrflow.export import main as export_main
+    from inrflow.model import load_pretrained
+    from inrflow.model.pretrained import WEIGHTS_FILE
+
+    out = tmp_path / "export"
+    assert export_main(["--ckpt", str(digits_run), "--out", str(out)]) == 0
+    assert "EMA weights" in capsys.readouterr().out
+    ema, meta, _ = load_ema_model(digits_run)
+    model = load_pretrained(out)
+    assert model.config == ema.config and not model.training
+    ref = ema.state_dict()
+    got = model.state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    config = json.loads((out / "config.json").read_text())
+    assert config["step"] == meta["step"] and config["dataset"] == meta["dataset"]
+    kw = dict(steps=2, progress=False, labels=torch.tensor([4, 5]))
+    torch.testing.assert_close(
+        generate(model, config, 2, cfg_scale=2.0, **kw), generate(ema, meta, 2, cfg_scale=2.0, **kw)
+    )
+    # sample.py takes the exported folder like a run folder (same seed -> same samples)
+    npz = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for ckpt, path in zip((out, digits_run), npz, strict=True):
+        argv = ["--ckpt", str(ckpt), "--num", "3", "--steps", "2", "--out", str(tmp_path / "s.png")]
+        assert main([*argv, "--npz", str(path)]) == 0
+    np.testing.assert_array_equal(np.load(npz[0])["samples"], np.load(npz[1])["samples"])
+    # loading needs neither the trainer nor torch.distributed.checkpoint
+    code = (
+        "import sys; sys.modules['torch.distributed.checkpoint'] = None; "
+        "sys.modules['inrflow.train'] = None; from inrflow.model import load_pretrained; "
+        f"m = load_pretrained({str(out)!r}); print(type(m).__name__)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "INRFlow", res.stderr[-2000:]
+    # damaged exports fail clearly
+    (out / WEIGHTS_FILE).unlink()
+    with pytest.raises(SystemExit, match="no valid checkpoint"):
+        main(["--ckpt", str(out)])
+    with pytest.raises(SystemExit, match="training run"):  # would overwrite its config.json
+        export_main(["--ckpt", str(digits_run), "--out", str(digits_run)])
+    with pytest.raises(FileNotFoundError, match="not an exported model"):
+        load_pretrained(out)

@@ -84,17 +84,30 @@ def load_checkpoint_model(
 
     A folder is one of the trainer's checkpoints (a run folder, its ``checkpoints/`` or one
     ``step_*`` folder) and is loaded by the trainer's own, checksum-verified
-    :func:`inrflow.train.checkpoint.load_for_sampling`. A file is a plain torch checkpoint
-    ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
+    :func:`inrflow.train.checkpoint.load_for_sampling`, or an exported folder
+    (``python -m inrflow.export``, :func:`inrflow.model.load_pretrained`). A file is a plain
+    torch checkpoint ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
     "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
     """
     from inrflow.model.config import INRFlowConfig
     from inrflow.model.network import INRFlow
+    from inrflow.model.pretrained import is_pretrained, load_pretrained, read_pretrained_config
     from inrflow.train.checkpoint import load_for_sampling
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.is_dir() and is_pretrained(p):
+        config = read_pretrained_config(p)
+        meta = dict(config.get("dataset", {}))
+        meta.update(
+            dataset=config.get("train_config", {}).get("data"),
+            step=config.get("step"),
+            checkpoint=str(p),
+            weights=config.get("weights", "ema"),
+            train_config=config.get("train_config", {}),
+        )
+        return load_pretrained(p, device), meta
     if p.is_dir():
         model, meta = load_for_sampling(p, device=device)
         return model, dict(meta)
