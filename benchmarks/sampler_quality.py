@@ -141,7 +141,7 @@ def plot(res: dict[str, Any], png: Path) -> None:
             ax = axes[i][j]
             for label, *_ in SETTINGS:
                 rows = [r for r in res["rows"] if r["cfg"] == cfg and r["setting"] == label]
-                rows.sort(key=lambda r: r["nfe"])
+                rows.sort(key=lambda r: (r["nfe"], -r.get("atol", 0.0)))
                 ax.plot([r["nfe"] for r in rows], [r[key] for r in rows], "o-", label=label, ms=4)
             m, s = ref[f"{key}_mean"], ref[f"{key}_std"]
             ax.axhspan(m - 2 * s, m + 2 * s, color="grey", alpha=0.25, label="Euler-100 ± 2 std")
@@ -150,12 +150,79 @@ def plot(res: dict[str, Any], png: Path) -> None:
             ax.set_xlabel("NFE (model calls)")
             ax.set_ylabel(name)
             ax.set_title(f"{name}, CFG {cfg:g}")
-            if key == "fd":
-                ax.set_yscale("log")
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"digits demo ({res['num_samples']} samples per point), quality per NFE")
     fig.tight_layout()
     fig.savefig(png, dpi=90)
+
+
+GRID_SETTINGS = [  # (title, method, kw, shift): the reference and each method's fast point
+    ("euler, 100 steps (NFE 100)", "euler", {"steps": 100}, 1.0),
+    ("euler, 16 steps (NFE 16)", "euler", {"steps": 16}, 1.0),
+    ("euler, shift 3, 12 steps (NFE 12)", "euler", {"steps": 12}, 3.0),
+    ("heun, 3 steps (NFE 6)", "heun", {"steps": 3}, 1.0),
+    ("heun, 12 steps (NFE 24)", "heun", {"steps": 12}, 1.0),
+    ("dopri5, atol=rtol=0.1", "dopri5", {"atol": 0.1, "rtol": 0.1}, 1.0),
+    ("sde, 10 steps (NFE 10)", "sde", {"steps": 10}, 1.0),
+]
+
+
+def grids(ckpt: str, cfg: float, png: Path, num: int = 30) -> None:
+    """One row of ``num`` samples (same seed, labels 0..9 cycled) per setting of GRID_SETTINGS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.set_num_threads(1)
+    model, meta, _ = load_ema_model(ckpt)
+    labels = torch.arange(num) % 10
+    fig, axes = plt.subplots(len(GRID_SETTINGS), 1, figsize=(num * 0.32, len(GRID_SETTINGS) * 0.75))
+    for ax, (title, method, kw, shift) in zip(axes, GRID_SETTINGS, strict=True):
+        x = generate(
+            model,
+            meta,
+            num,
+            labels=labels,
+            cfg_scale=cfg,
+            method=method,
+            steps=kw.get("steps", 1),
+            atol=kw.get("atol", 1e-3),
+            rtol=kw.get("rtol", 1e-3),
+            time_shift=shift,
+            batch_size=num,
+            progress=False,
+        ).reshape(num, 8, 8)
+        row = torch.cat([torch.nn.functional.pad(im, (0, 1), value=1.0) for im in x], dim=1)
+        ax.imshow(row.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=8, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+def reached(res: dict[str, Any]) -> str:
+    """Per setting and CFG, the fewest NFE whose FD is at most the Euler-100 mean + 2 std and
+    whose accuracy is at least its mean - 2 max(std, 1 / num_samples)."""
+    lines = [
+        "| sampler | CFG | fewest NFE at Euler-100 quality | FD | accuracy |",
+        "|---" * 5 + "|",
+    ]
+    for cfg in sorted({r["cfg"] for r in res["rows"]}):
+        ref = res["reference"][str(cfg)]
+        fd_max = ref["fd_mean"] + 2 * ref["fd_std"]
+        acc_min = ref["accuracy_mean"] - 2 * max(ref["accuracy_std"], 1 / res["num_samples"])
+        for label, *_ in SETTINGS:
+            rows = [r for r in res["rows"] if r["cfg"] == cfg and r["setting"] == label]
+            ok = [r for r in rows if r["fd"] <= fd_max and r["accuracy"] >= acc_min]
+            best = min(ok, key=lambda r: r["nfe"]) if ok else None
+            cell = (
+                f"{best['nfe']} | {best['fd']:.2f} | {best['accuracy']:.3f}"
+                if best
+                else "not reached | - | -"
+            )
+            lines.append(f"| {label} | {cfg:g} | {cell} |")
+    return "\n".join(lines)
 
 
 def table(res: dict[str, Any]) -> str:
@@ -181,7 +248,11 @@ def main() -> None:
         "--plot", nargs="+", help="results JSONs (merged) to plot and tabulate instead of measuring"
     )
     p.add_argument("--png", default="sampler_quality.png")
+    p.add_argument("--grids", help="write sample rows of GRID_SETTINGS (at --cfg) to this PNG")
     args = p.parse_args()
+    if args.grids:
+        grids(args.ckpt, args.cfg[-1], Path(args.grids))
+        return
     if args.plot:
         parts = [json.loads(Path(f).read_text()) for f in args.plot]
         res = parts[0]
@@ -189,6 +260,8 @@ def main() -> None:
             res["rows"] += more["rows"]
             res["reference"].update(more["reference"])
         plot(res, Path(args.png))
+        print(reached(res))
+        print()
         print(table(res))
         return
     res = measure(args)

@@ -240,6 +240,67 @@ def _load_samples(path: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor | N
     return load_images(path), labels, data_kind
 
 
+def reference_bits_per_dim(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """Bits per dimension (:func:`inrflow.sampling.bits_per_dim` of
+    :func:`inrflow.sampling.log_likelihood`, values in the model's range) of the first
+    ``args.bpd`` items of the reference set: the real digits (with their labels) for
+    ``--ref digits``, else images (mapped to [-1, 1]) or point clouds of ``--ref``."""
+    from inrflow.metrics.images import to_unit_float
+    from inrflow.model.pseudo_coords import grid_coords
+    from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood
+
+    cfg = model.config
+    labels = None
+    if cfg.coords_are_values:
+        if not args.ref:
+            raise ValueError("--bpd needs --ref (point clouds)")
+        values, coords = load_point_clouds(args.ref)[: args.bpd].float(), None
+    else:
+        if args.ref in (None, "digits"):
+            from inrflow.metrics.digits import load_real_digits
+
+            images, digit_labels = load_real_digits()
+            x = torch.from_numpy(images[: args.bpd]).float()[:, None]
+            labels = torch.from_numpy(digit_labels[: args.bpd]) if cfg.num_classes else None
+        else:
+            x = to_unit_float(load_images(args.ref, limit=args.bpd), args.ref_value_range)
+        n, c, h, w = x.shape
+        if c != cfg.value_dim:
+            raise ValueError(f"--bpd: the reference has {c} channels, the model {cfg.value_dim}")
+        values = (x * 2 - 1).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        coords = grid_coords((h, w), cfg.coord_low, cfg.coord_high)
+    gen = torch.Generator().manual_seed(args.seed)
+    stats = SolverStats()
+    out = []
+    for s in range(0, values.shape[0], args.batch_size):
+        v = values[s : s + args.batch_size].to(device)
+        lab = labels[s : s + args.batch_size] if labels is not None else None
+        ll = log_likelihood(
+            model,
+            coords,
+            v,
+            lab,
+            method=args.bpd_method,
+            steps=args.bpd_steps,
+            atol=args.bpd_tol,
+            rtol=args.bpd_tol,
+            hutchinson=args.hutchinson,
+            generator=gen,
+            stats=stats,
+        )
+        out.append(bits_per_dim(ll, v.shape[1] * v.shape[2]).cpu())
+    bpd = torch.cat(out)
+    return {
+        "bpd": float(bpd.mean()),
+        "bpd-std": float(bpd.std()) if len(bpd) > 1 else 0.0,
+        "bpd-num": len(bpd),
+        "bpd-nfe-per-batch": stats.nfe_per_call,
+        "bpd-divergence": "exact" if args.hutchinson is None else f"hutchinson-{args.hutchinson}",
+    }
+
+
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run one evaluation from parsed arguments; returns the report (also written as JSON)."""
     t0 = time.perf_counter()
@@ -253,6 +314,16 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         stats = SolverStats()
         model, meta = load_checkpoint_model(args.checkpoint, device)
+    if args.checkpoint and args.num_samples == 0:  # likelihood only
+        report_bpd = reference_bits_per_dim(model, args, device)
+        settings = {"kind": "likelihood", "samples": None, "reference": args.ref or "digits"}
+        return {
+            "metrics": report_bpd,
+            "settings": settings,
+            "environment": {"torch": torch.__version__, "device": str(device)},
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
+    if args.checkpoint:
         samples, labels = sample_from_model(
             model,
             meta,
@@ -365,6 +436,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise SystemExit(f"evaluate.py: unknown kind {kind!r}")
 
+    if args.checkpoint and args.bpd:
+        metrics.update(reference_bits_per_dim(model, args, device))
     report = {
         "metrics": metrics,
         "settings": settings,
@@ -493,6 +566,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points", type=int, default=None, help="points per generated cloud")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-samples", default=None, help="also save generated samples (.npz)")
+    g = p.add_argument_group("likelihood (with --checkpoint)")
+    g.add_argument(
+        "--bpd",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also report the bits per dimension of the first N reference items under the "
+        "model (values in the model's range; --num-samples 0: only this)",
+    )
+    g.add_argument("--bpd-method", choices=("dopri5", "heun", "euler"), default="dopri5")
+    g.add_argument("--bpd-steps", type=int, default=50, help="steps of heun/euler")
+    g.add_argument("--bpd-tol", type=float, default=1e-5, help="dopri5 atol = rtol")
+    g.add_argument(
+        "--hutchinson",
+        type=int,
+        default=None,
+        metavar="K",
+        help="estimate the divergence with K probes (default: exact, one backward pass per "
+        "dimension)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -501,6 +594,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint and args.num_samples is None:
         args.num_samples = 500
+    if args.bpd < 0 or (args.bpd and not args.checkpoint):
+        print("evaluate.py: error: --bpd N needs --checkpoint and N >= 0", file=sys.stderr)
+        return 2
+    if args.num_samples == 0 and not args.bpd:
+        print("evaluate.py: error: --num-samples 0 only with --bpd", file=sys.stderr)
+        return 2
     from inrflow.sample import check_solver_arguments
 
     if args.checkpoint and (err := check_solver_arguments(args)) is not None:
