@@ -1,9 +1,13 @@
 """``sample.py``: generate from a checkpoint's EMA weights at any resolution or point count.
 
 Images: the encoder keeps the training-resolution context while the decoder is queried on the
-requested grid (``--resolution N`` or ``H W``). When each requested side is a multiple of the
-training side the context is the nested sub-grid of the fine grid, so both share their noise
-(DESIGN §6); otherwise the context is a separate training-resolution trajectory. Point clouds:
+requested grid (``--resolution N`` or ``H W``). By default (``--resolution-mode join``) only the
+training-resolution context is integrated until late in the trajectory; there the fine grid
+joins it, each query starting from the context state interpolated to it, and the decoder moves
+the queries to t = 1 (clean images at any size, fine-grid model calls only after the join).
+``--resolution-mode noise`` is the paper's scheme: every fine query starts from noise of its own
+(the context is the nested sub-grid of the fine grid when each side is a multiple of the training
+side, so both share their noise; otherwise a separate trajectory). Point clouds:
 the first ``N_train`` of the requested points are the context; a model trained with condition
 tokens (image-to-3D) takes them from ``--cond`` (an .npy/.npz of ``[M, Dc]`` or ``[B, M, Dc]``
 tokens), guided by ``--cfg-scale``.
@@ -32,7 +36,9 @@ from inrflow.sampling import (
     DOPRI5_ATOL,
     DOPRI5_RTOL,
     METHODS,
+    RESOLUTION_MODES,
     SolverStats,
+    grid_interpolator,
     nested_grid_index,
     resolution_shift,
     sample,
@@ -158,15 +164,27 @@ def generate(
     rtol: float = DOPRI5_RTOL,
     stats: SolverStats | None = None,
     progress: bool = True,
+    resolution_mode: str = "join",
+    join_time: float | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``[num, Q, c]`` (images row-major at ``resolution``, one side or ``H W``;
     point clouds of ``num_points``), drawn ``batch_size`` at a time from one seeded generator.
     ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples.
 
+    Images at another resolution than the training one: ``resolution_mode="join"`` integrates
+    the training-resolution context alone and lets the requested grid join it at
+    ``join_time`` (default: the last step), starting from the bilinearly interpolated context
+    state; ``"noise"`` starts every requested pixel from its own noise (the paper's scheme).
+
     ``method``/``steps``/``time_shift``/``atol``/``rtol``: see :func:`inrflow.sampling.sample`;
     ``shift_by_pairs`` multiplies ``time_shift`` by ``sqrt(Q / Q_train)``
     (:func:`~inrflow.sampling.resolution_shift`, Q = pairs sampled, Q_train = pairs of a
-    training item). ``stats`` receives the NFE summed over the batches."""
+    training item). ``stats`` receives the NFE summed over the batches.
+    """
+    if resolution_mode not in RESOLUTION_MODES:
+        raise ValueError(
+            f"resolution_mode must be one of {RESOLUTION_MODES}, got {resolution_mode!r}"
+        )
     info = dataset_info(meta)
     cfg = model.config
     device = next(model.parameters()).device
@@ -177,8 +195,11 @@ def generate(
         hw = image_shape(meta, resolution)
         train_hw = tuple(train_shape[:2]) or hw
         queries = grid_coords(hw, cfg.coord_low, cfg.coord_high, device=device)
-        context = context_index = None
-        if hw != train_hw:
+        context = context_index = query_init = None
+        if hw != train_hw and resolution_mode == "join":
+            context = grid_coords(train_hw, cfg.coord_low, cfg.coord_high, device=device)
+            query_init = grid_interpolator(train_hw, hw)
+        elif hw != train_hw:
             factors = [divmod(f, t) for f, t in zip(hw, train_hw, strict=True)]
             if all(rest == 0 for _, rest in factors):  # a nested sub-grid: shared noise
                 context_index = nested_grid_index(train_hw, [f for f, _ in factors], device)
@@ -214,7 +235,7 @@ def generate(
             stats=stats,
         )
         if is_image:
-            kw["context_index"] = context_index
+            kw.update(context_index=context_index, query_init=query_init, join_time=join_time)
             out = sample(model, context, queries, steps, method, scale, lab, **kw)
         else:
             noise = torch.randn(b, n, cfg.value_dim, generator=g, device=device)
@@ -326,6 +347,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the training resolution)",
     )
     p.add_argument(
+        "--resolution-mode",
+        choices=RESOLUTION_MODES,
+        default="join",
+        help="images at another resolution than the training one: 'join' (default: only the "
+        "training-resolution context is integrated until the fine grid joins it late, from "
+        "its interpolated state: clean images) or 'noise' (every pixel starts from its own "
+        "noise, the paper's scheme)",
+    )
+    p.add_argument(
+        "--join-time",
+        type=float,
+        default=None,
+        help="with --resolution-mode join: the time in [0, 1) at which the fine grid joins "
+        "(default: the last step)",
+    )
+    p.add_argument(
         "--num-points",
         type=int,
         default=None,
@@ -379,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
         raise SystemExit("sample.py: --num-points must be >= 1")
+    if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
+        raise SystemExit("sample.py: --join-time must be in [0, 1)")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
         model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
@@ -425,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
         atol=args.atol,
         rtol=args.rtol,
         stats=stats,
+        resolution_mode=args.resolution_mode,
+        join_time=args.join_time,
     )
     print(f"[inrflow] {stats.describe()}", flush=True)
     if info["domain"] == "image":

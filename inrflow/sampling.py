@@ -5,15 +5,25 @@ Time runs from t = ``t_eps`` (noise) to t = 1 (data), see :mod:`inrflow.flow`. T
 (:func:`integrate`) only need a velocity function ``v(x, t)``, so they are tested against exact
 velocity fields; :func:`sample` builds that function from a model.
 
-Resolution-agnostic generation (DESIGN §6): the encoder keeps a fixed context while the decoder is
-queried at any coordinates, ``chunk_size`` points per pass. The state lives on the query points;
-the context is either all of them (plain generation), a subset given by ``context_index`` (a
-nested sub-grid of the finest grid: low- and high-resolution trajectories share the noise), or,
-with ``context_coords`` and no index, a separate set of points integrated alongside the queries.
+Resolution-agnostic generation: the encoder keeps a fixed context while the decoder is queried
+at any coordinates, ``chunk_size`` points per pass. The state lives on the query points; the
+context is either all of them (plain generation), a subset given by ``context_index`` (a nested
+sub-grid of the finest grid: low- and high-resolution trajectories share the noise), or, with
+``context_coords`` and no index, a separate set of points integrated alongside the queries.
+
+Queries that start from their own noise (the paper's scheme) keep some of it: late in the
+trajectory the decoder no longer removes a query's own noise (the share of a nudge to a query's
+value that survives into its predicted clean value grows towards 1 as t -> 1), so fine grids
+sampled that way are speckled. With ``query_init`` the queries instead *join* a separate
+context's trajectory late (``join_time``, by default at the last step): until then only the
+context is integrated, at the join every query starts from the context state interpolated to it
+(:func:`grid_interpolator`), and from there on the decoder moves the queries along. No query
+carries noise of its own, and the fine grid costs model calls only after the join.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,9 +41,11 @@ DOPRI5_RTOL = 1e-3
 __all__ = [
     "FIXED_STEP_METHODS",
     "METHODS",
+    "RESOLUTION_MODES",
     "SolverStats",
     "bits_per_dim",
     "grid_coords",
+    "grid_interpolator",
     "integrate",
     "log_likelihood",
     "nested_grid_index",
@@ -47,6 +59,8 @@ __all__ = [
 
 FIXED_STEP_METHODS = ("euler", "heun", "sde")
 METHODS = (*FIXED_STEP_METHODS, "dopri5")
+# How queries off the training grid start: joining the context late, or from their own noise.
+RESOLUTION_MODES = ("join", "noise")
 Velocity = Callable[[torch.Tensor, float], torch.Tensor]
 
 # Dormand–Prince 5(4): nodes, stage weights, the 5th-order weights (equal to the last stage's row:
@@ -82,6 +96,13 @@ class SolverStats:
     steps: int = 0
     rejected: int = 0
     calls: int = 0
+
+    def add(self, other: SolverStats) -> None:
+        """Count ``other``'s evaluations and steps here, as one more call."""
+        self.nfe += other.nfe
+        self.steps += other.steps
+        self.rejected += other.rejected
+        self.calls += 1
 
     @property
     def nfe_per_call(self) -> float:
@@ -168,11 +189,14 @@ def integrate(
     max_steps: int = 10_000,
     stats: SolverStats | None = None,
     progress: bool = False,
+    times: Sequence[float] | None = None,
 ) -> torch.Tensor:
     """Integrate from noise ``x`` at ``t_eps`` to t = 1.
 
     Fixed-step methods take ``steps`` steps on :func:`time_grid` (uniform, or shifted by
-    ``time_shift``):
+    ``time_shift``). ``times`` (increasing, ``steps + 1`` of them; ``steps``, ``t_eps`` and
+    ``time_shift`` are then ignored) integrates over an explicit grid instead, e.g. one piece of
+    :func:`time_grid`; the SDE's noise-free last step is taken only when the grid ends at t = 1.
 
     - ``euler``: ``x += h v(x, t)`` (``steps`` evaluations; the model never sees t = 1).
     - ``heun``: the trapezoid of ``v(x, t)`` and ``v(x + h v, t + h)`` (``2 steps`` evaluations).
@@ -183,8 +207,9 @@ def integrate(
       EM (``sde_scheme="euler_maruyama"``) multiplies the state by ``1 - lam h ~ -19``, the
       std ~ 20 blow-up of the authors' sampler. As ``lam h -> 0`` both schemes coincide.
 
-    ``dopri5`` (adaptive Dormand–Prince 5(4), ``steps`` and ``time_shift`` unused): see
-    :func:`_dopri5`; it ends exactly at t = 1 like the others.
+    ``dopri5`` (adaptive Dormand–Prince 5(4); ``time_shift`` must be 1): see :func:`_dopri5`;
+    it runs from the grid's first time to exactly its last (``t_eps`` to 1, or the ends of
+    ``times``), whatever ``steps`` is.
 
     ``stats`` (optional) receives the NFE and step counts of this integration (added to what
     it holds). ``velocity`` is called as ``velocity(x, t)`` with a Python float ``t``.
@@ -193,6 +218,15 @@ def integrate(
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if sde_scheme not in ("exponential", "euler_maruyama"):
         raise ValueError(f"sde_scheme must be exponential|euler_maruyama, got {sde_scheme!r}")
+    if method == "dopri5" and time_shift != 1.0:
+        raise ValueError("time_shift applies to the fixed-step methods, not to dopri5")
+    if times is not None:
+        ts = [float(t) for t in times]
+    else:
+        ts = [t_eps, 1.0] if method == "dopri5" else time_grid(steps, t_eps, time_shift)
+    if len(ts) < 2 or any(b <= a for a, b in itertools.pairwise(ts)):
+        raise ValueError(f"times must be two or more increasing values, got {ts}")
+    steps = len(ts) - 1
     stats = stats if stats is not None else SolverStats()
     stats.calls += 1
 
@@ -201,10 +235,7 @@ def integrate(
         return velocity(state, t)
 
     if method == "dopri5":
-        if time_shift != 1.0:
-            raise ValueError("time_shift applies to the fixed-step methods, not to dopri5")
-        return _dopri5(counted, x, t_eps, atol, rtol, max_steps, stats, progress)
-    ts = time_grid(steps, t_eps, time_shift)
+        return _dopri5(counted, x, ts[0], ts[-1], atol, rtol, max_steps, stats, progress)
     for n in tqdm(range(steps), desc=f"sampling ({method})", disable=not progress, leave=False):
         t0, t1 = ts[n], ts[n + 1]
         h = t1 - t0
@@ -214,7 +245,7 @@ def integrate(
         elif method == "heun":
             v1 = counted(x + h * v, t1)
             x = x + (0.5 * h) * (v + v1)
-        elif n == steps - 1:  # sde, last step: deterministic
+        elif n == steps - 1 and t1 >= 1.0:  # sde, last step: deterministic
             x = x + h * v
         else:
             lam = sde_lambda(t0, diffusion, diffusion_scale)
@@ -247,15 +278,16 @@ def _error_ratio(err: torch.Tensor, scale: torch.Tensor) -> float:
 def _dopri5(
     f: Velocity,
     x: torch.Tensor,
-    t_eps: float,
+    t_start: float,
+    t_end: float,
     atol: float,
     rtol: float,
     max_steps: int,
     stats: SolverStats,
     progress: bool,
 ) -> torch.Tensor:
-    """Adaptive Dormand–Prince 5(4) from ``t_eps`` to exactly 1 (the local-extrapolation, FSAL
-    scheme of ``scipy``'s RK45 and ``torchdiffeq``'s dopri5).
+    """Adaptive Dormand–Prince 5(4) from ``t_start`` to exactly ``t_end`` (the
+    local-extrapolation, FSAL scheme of ``scipy``'s RK45 and ``torchdiffeq``'s dopri5).
 
     A step is accepted when the largest per-sample RMS of the error estimate, measured in units
     of ``atol + rtol max(|x|, |x_new|)``, is <= 1; the next step is ``h * clip(0.9 ratio^-1/5,
@@ -265,15 +297,15 @@ def _dopri5(
     """
     if not (atol > 0 and rtol >= 0):
         raise ValueError(f"dopri5 needs atol > 0 and rtol >= 0, got atol={atol}, rtol={rtol}")
-    t, t_end = float(t_eps), 1.0
+    t, t_end = float(t_start), float(t_end)
     k1 = f(x, t)
     h = _initial_step(f, x, t, k1, atol, rtol, t_end - t)
     bar = tqdm(total=1000, desc="sampling (dopri5)", disable=not progress, leave=False)
     while t < t_end:
         if stats.steps + stats.rejected >= max_steps:
             raise RuntimeError(
-                f"dopri5 took {max_steps} steps without reaching t = 1 (at t = {t:.6g}, step "
-                f"{h:.3g}): loosen atol/rtol or raise max_steps"
+                f"dopri5 took {max_steps} steps without reaching t = {t_end:g} (at t = {t:.6g}, "
+                f"step {h:.3g}): loosen atol/rtol or raise max_steps"
             )
         last = t + h >= t_end - 1e-12 * max(1.0, abs(t_end))
         if last:
@@ -293,7 +325,7 @@ def _dopri5(
             t = t_end if last else t + h
             x, k1 = x_new, ks[6]
             stats.steps += 1
-            bar.update(round(1000 * (t - t_eps) / (t_end - t_eps)) - bar.n)
+            bar.update(round(1000 * (t - t_start) / (t_end - t_start)) - bar.n)
             factor = 10.0 if ratio == 0.0 else min(10.0, max(0.2, 0.9 * ratio**-0.2))
         else:
             stats.rejected += 1
@@ -353,6 +385,52 @@ def nested_grid_index(
     return idx.reshape(-1).to(device)
 
 
+def grid_interpolator(
+    src_shape: Sequence[int], dst_shape: Sequence[int], mode: str = "linear"
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A map from values ``[B, prod(src_shape), c]`` on a row-major grid to ``[B,
+    prod(dst_shape), c]`` on another grid of the same extent (pixel-centre convention of
+    :func:`grid_coords`, i.e. ``align_corners=False``).
+
+    ``mode``: ``linear`` (bi-/trilinear by the grid's dimension), ``cubic`` (2-D only: bicubic)
+    or ``nearest``. Used as ``query_init`` of :func:`sample` to start fine-grid queries from the
+    training-resolution context.
+    """
+    src, dst = tuple(int(n) for n in src_shape), tuple(int(n) for n in dst_shape)
+    if len(src) != len(dst) or not 1 <= len(src) <= 3 or min(src + dst) < 1:
+        raise ValueError(f"grid shapes must be 1-3-D and match, got {src} -> {dst}")
+    modes = {
+        "linear": ("linear", "bilinear", "trilinear")[len(src) - 1],
+        "cubic": "bicubic" if len(src) == 2 else None,
+        "nearest": "nearest",
+    }
+    torch_mode = modes.get(mode)
+    if torch_mode is None:
+        raise ValueError(f"mode must be linear|nearest (or cubic on 2-D grids), got {mode!r}")
+
+    def interpolate(values: torch.Tensor) -> torch.Tensor:
+        b, n, c = values.shape
+        if n != math.prod(src):
+            raise ValueError(f"expected {math.prod(src)} values per sample, got {n}")
+        grid = values.transpose(1, 2).reshape(b, c, *src)
+        kw = {} if torch_mode == "nearest" else {"align_corners": False}
+        out = torch.nn.functional.interpolate(grid, size=dst, mode=torch_mode, **kw)
+        return out.reshape(b, c, -1).transpose(1, 2)
+
+    return interpolate
+
+
+def _join_index(times: Sequence[float], join_time: float | None) -> int:
+    """Index of the grid time where late-joining queries start: the first ``>= join_time``
+    (``None``: the last step's start)."""
+    last = len(times) - 2
+    if join_time is None:
+        return last
+    if not 0.0 <= join_time < 1.0:
+        raise ValueError(f"join_time must be in [0, 1), got {join_time}")
+    return min(next(k for k, t in enumerate(times) if t >= join_time or k == last), last)
+
+
 def _batched(x: torch.Tensor | None, b: int, name: str, rank: int = 3) -> torch.Tensor | None:
     if x is None:
         return None
@@ -393,6 +471,8 @@ def sample(
     rtol: float = DOPRI5_RTOL,
     stats: SolverStats | None = None,
     progress: bool = True,
+    query_init: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    join_time: float | None = None,
 ) -> torch.Tensor:
     """Generate values at ``query_coords``; returns ``[B, Q, c]`` (float32).
 
@@ -405,7 +485,8 @@ def sample(
         query_coords: ``[Q, d]`` / ``[B, Q, d]``. For ``coords_are_values`` models (point
             clouds) coordinates are ignored and may be None; ``noise`` then sets Q.
         steps: integration steps (NFE: ``steps`` for euler/sde, ``2 steps`` for heun; unused
-            by dopri5, whose NFE follows from ``atol``/``rtol``).
+            by dopri5, whose NFE follows from ``atol``/``rtol``, except to place the default
+            join time of late-joining queries).
         method: ``euler``, ``heun``, ``sde`` or ``dopri5`` (see :func:`integrate`).
         cfg_scale: guidance ``v_u + s (v_c - v_u)``; conditional and unconditional halves run as
             one batched forward of size 2B. Needs labels or cond tokens when != 1.
@@ -416,10 +497,16 @@ def sample(
         noise: initial noise ``[B, Q, c]``, e.g. drawn once on the finest grid.
         chunk_size: query points per decoder pass summed over the batch (and the CFG halves);
             bounds the decoder's activation memory.
+        query_init: with a separate context (``context_coords``, no ``context_index``), let the
+            queries join the context's trajectory late instead of starting from noise: at the
+            grid time ``join_time`` (the first step time >= it; ``None``: the last step) the
+            query state becomes ``query_init(context_state)`` (e.g. :func:`grid_interpolator`)
+            and both are integrated to t = 1. ``noise`` then only needs to cover the context.
         time_shift: shift of the fixed-step time grid (:func:`shift_time`; 1 = uniform).
         atol, rtol: dopri5's error tolerances (on values in the model's range, [-1, 1] for
             images).
-        stats: a :class:`SolverStats` that receives the NFE and steps of this call.
+        stats: a :class:`SolverStats` that receives the NFE and steps of this call (one
+            ``call``, even when late-joining queries split the integration in two).
     """
     cfg = model.config
     c = cfg.value_dim
@@ -430,7 +517,7 @@ def sample(
         raise ValueError("cfg_scale != 1 needs labels or cond tokens to guide with")
 
     # --- batch size and shapes -------------------------------------------------------------------
-    candidates = [x.shape[0] for x in (labels, cond, noise) if x is not None]
+    candidates = [x.shape[0] for x in (labels, cond, noise, context_noise) if x is not None]
     candidates += [
         x.shape[0]
         for x in (query_coords, context_coords)
@@ -449,16 +536,25 @@ def sample(
             )
     elif not cfg.coords_are_values or noise is None:
         raise ValueError("query_coords are required (or, for coords_are_values models, noise)")
-    q = query_coords.shape[1] if query_coords is not None else noise.shape[1]
-    if noise is None:
-        noise = torch.randn(
-            (b, q, c),
-            generator=generator,
-            device=_gen_device(generator, torch.empty(0, device=device)),
+    late = query_init is not None
+    if late and (context_coords is None or context_index is not None or query_coords is None):
+        raise ValueError(
+            "query_init needs query_coords and a separate context (context_coords without "
+            "context_index)"
         )
-    elif tuple(noise.shape) != (b, q, c):
-        raise ValueError(f"noise must be [{b}, {q}, {c}], got {tuple(noise.shape)}")
-    x = noise.to(device=device, dtype=torch.float32)
+    q = query_coords.shape[1] if query_coords is not None else noise.shape[1]
+    if late:  # the queries start from the context state, not from noise of their own
+        x = torch.empty((b, 0, c), device=device)
+    else:
+        if noise is None:
+            noise = torch.randn(
+                (b, q, c),
+                generator=generator,
+                device=_gen_device(generator, torch.empty(0, device=device)),
+            )
+        elif tuple(noise.shape) != (b, q, c):
+            raise ValueError(f"noise must be [{b}, {q}, {c}], got {tuple(noise.shape)}")
+        x = noise.to(device=device, dtype=torch.float32)
 
     # --- context: all queries, a subset of them, or a separate trajectory ------------------------
     context_coords = _batched(context_coords, b, "context_coords")
@@ -478,7 +574,7 @@ def sample(
     if context_index is not None:
         context_index = _batched(context_index.to(device).long(), b, "context_index", rank=2)
         if context_index.numel() and not (
-            context_index.min() >= 0 and context_index.max() < x.shape[1]
+            context_index.min() >= 0 and context_index.max() < x.shape[1] + (q if late else 0)
         ):
             raise ValueError("context_index out of range of the queries")
         if context_coords is None and query_coords is not None:
@@ -502,50 +598,73 @@ def sample(
     def dup(t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None or not guided else torch.cat([t, t])
 
-    def velocity(state: torch.Tensor, t: float) -> torch.Tensor:
-        ctx = state if context_index is None else _take(state, context_index)
-        ctx_c = query_coords if context_index is None else context_coords
-        tt = torch.full((b * m,), t, device=device)
-        enc = model.encode(
-            dup(ctx_c) if guided else ctx_c,
-            dup(ctx) if guided else ctx,
-            tt,
-            labels,
-            cond,
-            force_drop,
-        )
-        out = torch.empty_like(state)
-        for s in range(0, state.shape[1], per_pass):
-            qv = state[:, s : s + per_pass]
-            qc = query_coords[:, s : s + per_pass] if query_coords is not None else None
-            v = model.decode(enc, dup(qc) if guided else qc, dup(qv) if guided else qv).float()
-            if guided:
-                v_c, v_u = v.chunk(2)
-                v = v_u + cfg_scale * (v_c - v_u)
-            out[:, s : s + per_pass] = v
-        return out
+    def velocity_field(coords: torch.Tensor | None, ctx_index: torch.Tensor | None) -> Velocity:
+        """The (guided) velocity of a state on ``coords`` whose context is the ``ctx_index``
+        subset of that state (``None``: all of it)."""
 
+        def velocity(state: torch.Tensor, t: float) -> torch.Tensor:
+            ctx = state if ctx_index is None else _take(state, ctx_index)
+            ctx_c = coords if ctx_index is None else context_coords
+            tt = torch.full((b * m,), t, device=device)
+            enc = model.encode(
+                dup(ctx_c) if guided else ctx_c,
+                dup(ctx) if guided else ctx,
+                tt,
+                labels,
+                cond,
+                force_drop,
+            )
+            out = torch.empty_like(state)
+            for s in range(0, state.shape[1], per_pass):
+                qv = state[:, s : s + per_pass]
+                qc = coords[:, s : s + per_pass] if coords is not None else None
+                v = model.decode(enc, dup(qc) if guided else qc, dup(qv) if guided else qv)
+                v = v.float()
+                if guided:
+                    v_c, v_u = v.chunk(2)
+                    v = v_u + cfg_scale * (v_c - v_u)
+                out[:, s : s + per_pass] = v
+            return out
+
+        return velocity
+
+    calls = SolverStats()  # this call's cost, added to ``stats`` as one call
+    solver = dict(
+        generator=generator,
+        diffusion=diffusion,
+        diffusion_scale=diffusion_scale,
+        sde_scheme=sde_scheme,
+        progress=progress,
+        time_shift=time_shift,
+        atol=atol,
+        rtol=rtol,
+        stats=calls,
+    )
     was_training = model.training
     model.eval()
     try:
-        x = integrate(
-            velocity,
-            x,
-            steps,
-            method,
-            t_eps=t_eps,
-            generator=generator,
-            diffusion=diffusion,
-            diffusion_scale=diffusion_scale,
-            sde_scheme=sde_scheme,
-            time_shift=time_shift,
-            atol=atol,
-            rtol=rtol,
-            stats=stats,
-            progress=progress,
-        )
+        if not late:
+            velocity = velocity_field(query_coords, context_index)
+            x = integrate(velocity, x, steps, method, t_eps=t_eps, **solver)
+        else:  # the context alone up to the join, then the context and the queries together
+            times = time_grid(steps, t_eps, time_shift)
+            k = _join_index(times, join_time)
+            if k > 0:
+                x = integrate(
+                    velocity_field(context_coords, None),
+                    x,
+                    k,
+                    method,
+                    times=times[: k + 1],
+                    **solver,
+                )
+            x = torch.cat([x, query_init(x).to(x)], dim=1)
+            velocity = velocity_field(query_coords, context_index)
+            x = integrate(velocity, x, steps - k, method, times=times[k:], **solver)
     finally:
         model.train(was_training)
+    if stats is not None:
+        stats.add(calls)
     return x[:, context_coords.shape[1] :] if separate else x
 
 
