@@ -520,9 +520,20 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
         )
     out = Path(args.out or "predicted")
     print(f"[inrflow] {ckpt} (step {meta['step']}): {len(ds)} chains from {source}", flush=True)
+    stats = SolverStats()
     scores = evaluate_structures(
-        model, ds, steps=args.steps, method=args.method, seed=args.seed, out_dir=out
+        model,
+        ds,
+        steps=args.steps,
+        method=args.method,
+        seed=args.seed,
+        out_dir=out,
+        time_shift=args.time_shift,
+        atol=args.atol,
+        rtol=args.rtol,
+        stats=stats,
     )
+    print(f"[inrflow] {stats.describe()}", flush=True)
     for name, s in scores["chains"].items():
         print(
             f"  {name}: {s['residues']} residues, Cα lDDT {s['lddt_ca']:.3f}, "
