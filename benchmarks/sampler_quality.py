@@ -7,8 +7,9 @@ what the sampler reports. The reference quality is Euler with 100 steps, the aut
 its spread over ``--noise-seeds`` seeds is the metric's noise. The solver's own cost per
 dopri5 step is measured against a model call on the same state.
 
-    python benchmarks/sampler_quality.py --ckpt runs/digits --out docs/sampler_quality.json
-    python benchmarks/sampler_quality.py --plot docs/sampler_quality.json --png docs/x.png
+    python benchmarks/sampler_quality.py --ckpt runs/digits --cfg 1.5 --out q15.json
+    python benchmarks/sampler_quality.py --plot q1.json q15.json q3.json --png quality.png
+    python benchmarks/sampler_quality.py --ckpt runs/digits --cfg 1.5 --grids samples.png
 """
 
 from __future__ import annotations

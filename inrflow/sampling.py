@@ -1,9 +1,11 @@
-"""Samplers: Euler and Heun ODE, Euler–Maruyama SDE, classifier-free guidance, and resolution-
-agnostic generation with chunked decoding.
+"""Samplers: Euler and Heun ODE, Euler–Maruyama SDE, adaptive Dormand–Prince (dopri5) on uniform
+or SD3-shifted time grids, classifier-free guidance, resolution-agnostic generation with chunked
+decoding, and likelihoods by the instantaneous change of variables.
 
 Time runs from t = ``t_eps`` (noise) to t = 1 (data), see :mod:`inrflow.flow`. The integrators
 (:func:`integrate`) only need a velocity function ``v(x, t)``, so they are tested against exact
-velocity fields; :func:`sample` builds that function from a model.
+velocity fields; :func:`sample` builds that function from a model. Every integration can count
+its velocity evaluations (NFE, the cost of a sample) in a :class:`SolverStats`.
 
 Resolution-agnostic generation: the encoder keeps a fixed context while the decoder is queried
 at any coordinates, ``chunk_size`` points per pass. The state lives on the query points; the
