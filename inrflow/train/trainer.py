@@ -42,6 +42,7 @@ from .distributed import Dist, init_distributed
 from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
 from .profiler import ProfileWindow
+from .run_folder import RunFolderError, RunLock, open_run_folder, resume_conflicts
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 
@@ -114,15 +115,16 @@ class Trainer:
         self.cfg = cfg.validate()
         self.out = Path(cfg.out)
         self._logger: MetricLogger | None = None
+        self._lock: RunLock | None = None
         # 1. process group, device mesh
-        self.dist: Dist = init_distributed(cfg.device)
+        self.dist: Dist = init_distributed(cfg.device, cfg.dist_timeout)
         self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         try:
             self._setup(dataset)
         except BaseException:
-            self.dist.close()
+            self.close()
             raise
 
     def _setup(self, dataset: CoordinateDataset | None) -> None:
@@ -146,20 +148,22 @@ class Trainer:
             protein_frame=cfg.protein_frame,
             rotate=cfg.rotate,
         )
+        # 2b. the run folder: locked, and a previous run in it settled, before anything is written
+        self._lock = open_run_folder(
+            self.out, resume=cfg.resume, overwrite=cfg.overwrite, dist=d, say=self._say
+        )
         self.checkpoints = CheckpointManager(
-            self.out / "checkpoints", d, keep=cfg.keep_ckpts, checksums=cfg.verify_checksums
+            self.out / "checkpoints",
+            d,
+            keep=cfg.keep_ckpts,
+            checksums=cfg.verify_checksums,
+            log=self._say,
         )
         # 3. model config: on resume the stored architecture wins over the command line
         self.model_config = model_config_for(cfg, self.dataset)
         found = self.checkpoints.candidates() if cfg.resume else []
         if found:
-            stored = self._stored_model_config(found)
-            if stored is not None and stored != self.model_config:
-                self._say(
-                    "resuming: the model architecture stored in the checkpoint overrides "
-                    "the command line's"
-                )
-                self.model_config = stored
+            self._adopt_stored_config(found)
         # 4. the model, identical on every rank (same seed), then sharded
         torch.manual_seed(cfg.seed)
         model = INRFlow(self.model_config)
@@ -236,17 +240,47 @@ class Trainer:
             p = "bf16" if self.device.type == "cuda" else "fp32"
         return torch.bfloat16 if p == "bf16" else None
 
-    def _stored_model_config(self, found: list[tuple[int, Path]]) -> INRFlowConfig | None:
+    def _adopt_stored_config(self, found: list[tuple[int, Path]]) -> None:
+        """On resume: refuse data the checkpoint cannot continue on, and take the stored
+        architecture (and the ``--size`` / ``--model`` that made it) over the command line's, so
+        that ``config.json`` and the next checkpoints describe the model really trained."""
         from .checkpoint import read_manifest
 
         for _step, path in found:
             try:
-                stored = read_manifest(path)["model_config"]
+                manifest = read_manifest(path)
+                stored = manifest["model_config"]
             except (OSError, ValueError, KeyError):
                 continue
-            stored = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
-            return INRFlowConfig(**stored)
-        return None
+            conflicts = resume_conflicts(manifest, dataset_info(self.dataset))
+            if conflicts:
+                raise RunFolderError(
+                    f"cannot resume {path} on this --data ({self.cfg.data}): "
+                    + "; ".join(conflicts)
+                    + ". Use the run's data, or --overwrite / another --out for a new run"
+                )
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+            stored_config = INRFlowConfig(**fields)
+            if stored_config != self.model_config:
+                self._say(
+                    "resuming: the model architecture stored in the checkpoint overrides "
+                    "the command line's"
+                )
+                self.model_config = stored_config
+            train = manifest.get("train_config") or {}
+            changed = {
+                k: train[k]
+                for k in ("size", "model")
+                if k in train and train[k] != getattr(self.cfg, k)
+            }
+            if changed:
+                self._say(
+                    "resuming: "
+                    + ", ".join(f"--{k} {v} from the checkpoint" for k, v in changed.items())
+                    + " (the command line's is ignored)"
+                )
+                self.cfg = dataclasses.replace(self.cfg, **changed)
+            return
 
     # -- checkpoint state ------------------------------------------------------------------------
     def _state(self, rng_ranks: int | None = None) -> dict[str, Any]:
@@ -307,6 +341,11 @@ class Trainer:
             )
         self.resumed_from = path
         self._say(f"resumed from {path} at step {self.step}")
+        if self.step >= self.cfg.steps:
+            self._say(
+                f"the run is already complete (step {self.step}, --steps {self.cfg.steps}): "
+                "nothing to train; a larger --steps continues it, --overwrite starts again"
+            )
 
     # -- signals ---------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -724,6 +763,10 @@ class Trainer:
         return folder
 
     def close(self) -> None:
+        """Leave the process group and release the run folder (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.dist.close()
 
 
