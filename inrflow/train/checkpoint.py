@@ -309,8 +309,10 @@ class CheckpointManager:
         try:
             dcp.save(state, checkpoint_id=str(tmp))
             files = self._checksum_files(tmp)
-        except Exception as exc:
+        except BaseException as exc:  # DCP's CheckpointException is not an Exception
             self._abandon(tmp)
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
             raise _save_error(exc, step, tmp) from exc
         error = None
         if self.dist.is_main:

@@ -43,6 +43,7 @@ from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
 from .profiler import ProfileWindow
 from .run_folder import RunFolderError, RunLock, open_run_folder, resume_conflicts
+from .watchdog import StallWatchdog
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 
@@ -478,8 +479,15 @@ class Trainer:
             cfg.batch_size,
             cfg.log_every,
             cfg.tensorboard,
+            progress=cfg.progress,
         )
         self._logger = logger
+        watchdog = StallWatchdog(
+            self._say if d.is_main else _quiet,
+            cfg.stall_factor if d.is_main else 0.0,
+            cfg.stall_seconds,
+            timeout_s=cfg.dist_timeout if d.world > 1 else None,
+        )
         previous = self._install_signal_handlers()
         window = self._window = self._profile_window()
         t_start = time.perf_counter()
@@ -508,11 +516,13 @@ class Trainer:
                         if window.done:
                             break
                         continue
-                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                        self.save_checkpoint()
-                    last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
-                    if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
-                        self.write_samples(logger)
+                    watchdog.beat(self.step)
+                    with watchdog.paused():  # slow by design: not a stall
+                        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                            self.save_checkpoint()
+                        last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
+                        if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
+                            self.write_samples(logger)
             if window is not None:
                 window.abort()  # the run ended before the window did
             elapsed = time.perf_counter() - t_start
@@ -552,6 +562,7 @@ class Trainer:
             elif self._stop_signal is None:
                 summary.update(self.finish(logger))
         finally:
+            watchdog.stop()
             if window is not None:
                 window.abort()
             for sig, h in previous.items():
@@ -777,6 +788,10 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _quiet(msg: str) -> None:
+    """The watchdog's voice on ranks other than 0 (rank 0 speaks for the run)."""
 
 
 def _cpus() -> int:
