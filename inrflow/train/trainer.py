@@ -187,7 +187,9 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay)
         self.step = 0
         self.skipped_steps = 0
-        self.skipped_files = 0
+        self.skipped_files = 0  # distinct unreadable data files met so far
+        self._bad_files: set[int] = set()  # their dataset indices
+        self._bad_files_base = 0
         # 6. restore (the global RNG only serves stray uses: every draw of the training stream
         # comes from per-sample seeds; a checkpoint's RNG state replaces this seeding)
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
@@ -308,6 +310,7 @@ class Trainer:
             "dataset": dataset_info(self.dataset),
             "num_params": self.num_params,
             "torch_version": torch.__version__,
+            "skipped_data_files": sorted(self._bad_files),
         }
 
     def save_checkpoint(self) -> Path:
@@ -332,6 +335,9 @@ class Trainer:
         tr = state["trainer"]
         self.step = int(tr["step"])
         self.skipped_steps, self.skipped_files = int(tr["skipped_steps"]), int(tr["skipped_files"])
+        self._bad_files = set(meta.get("skipped_data_files", ()))
+        # checkpoints from before the file list: their count, plus the files met from now on
+        self._bad_files_base = self.skipped_files - len(self._bad_files)
         if "rng" in state:
             CheckpointManager.set_rng_state(state["rng"][f"rank{self.dist.rank}"])
         if int(meta.get("world_size", 1)) != self.dist.world:
@@ -368,7 +374,8 @@ class Trainer:
         nb = self.device.type == "cuda"
         # the skip count stays on the host: it is read there every step
         return {
-            k: v if k == "skipped" else v.to(self.device, non_blocking=nb) for k, v in batch.items()
+            k: v if k.startswith("skipped") else v.to(self.device, non_blocking=nb)
+            for k, v in batch.items()
         }
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -390,7 +397,8 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
         """Forward, backward, clip, AdamW, EMA. Returns (mean loss over ranks, grad norm,
         whether the update was skipped). Also agrees on stop requests across ranks."""
-        skipped_files = float(batch.pop("skipped", 0))
+        batch.pop("skipped", None)
+        new_bad = self._new_bad_files(batch.pop("skipped_index", None))
         lr = lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -399,9 +407,10 @@ class Trainer:
         # one collective: the mean loss (finite on all ranks or not), any stop request, and the
         # unreadable files the ranks' loaders passed over
         loss_sum, stop, skipped = self.dist.all_reduce_sum(
-            [loss.detach().float().item(), float(self._stop_signal is not None), skipped_files]
+            [loss.detach().float().item(), float(self._stop_signal is not None), len(new_bad)]
         )
-        self.skipped_files += int(skipped)
+        if skipped:  # some rank met a file none had met before: all ranks learn which
+            self._record_bad_files(new_bad)
         mean_loss = loss_sum / self.dist.world
         if stop and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM
@@ -425,6 +434,23 @@ class Trainer:
             self.ema.update()
         self._nonfinite_run = 0
         return mean_loss, grad_norm, False
+
+    def _new_bad_files(self, index: torch.Tensor | None) -> set[int]:
+        """Unreadable files of this batch not met before (a host tensor: no device sync)."""
+        if index is None or index.numel() == 0:
+            return set()
+        return set(index.tolist()) - self._bad_files
+
+    def _record_bad_files(self, new: set[int]) -> None:
+        """Add every rank's newly met unreadable files; ``skipped_files`` counts distinct
+        files, so a broken file met in every epoch counts once."""
+        shares: list[Any] = [new]
+        if self.dist.world > 1:
+            shares = [None] * self.dist.world
+            torch.distributed.all_gather_object(shares, new)
+        for share in shares:
+            self._bad_files |= share
+        self.skipped_files = self._bad_files_base + len(self._bad_files)
 
     def _range(self, name: str) -> contextlib.ExitStack:
         """The NVTX range of a step phase, also a torch.profiler range inside a traced window."""
