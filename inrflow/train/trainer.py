@@ -149,10 +149,6 @@ class Trainer:
             protein_frame=cfg.protein_frame,
             rotate=cfg.rotate,
         )
-        # 2b. the run folder: locked, and a previous run in it settled, before anything is written
-        self._lock = open_run_folder(
-            self.out, resume=cfg.resume, overwrite=cfg.overwrite, dist=d, say=self._say
-        )
         self.checkpoints = CheckpointManager(
             self.out / "checkpoints",
             d,
@@ -160,8 +156,13 @@ class Trainer:
             checksums=cfg.verify_checksums,
             log=self._say,
         )
-        # 3. model config: on resume the stored architecture wins over the command line
+        # 3. model config (a bad --model fails here, before the run folder is made); on resume
+        # the stored architecture wins over the command line
         self.model_config = model_config_for(cfg, self.dataset)
+        # the run folder: locked, and a previous run in it settled, before anything is written
+        self._lock = open_run_folder(
+            self.out, resume=cfg.resume, overwrite=cfg.overwrite, dist=d, say=self._say
+        )
         found = self.checkpoints.candidates() if cfg.resume else []
         if found:
             self._adopt_stored_config(found)
