@@ -7,6 +7,7 @@ The tiny ~50k-parameter digits model of ``test_train``, a few steps, one thread.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -405,12 +406,18 @@ def test_the_watchdog_reports_a_step_far_slower_than_the_median() -> None:
     now[0] += 1.0
     dog.beat(6)
     assert said == ["step 6 finished after 24 s: the run goes on"]
-    with dog.paused():
+    with dog.slow("saving a checkpoint"):  # the first save: nothing to compare with
         now[0] += 1000.0
-        assert dog.check() is None  # checkpoints and samples are slow by design
+        assert dog.check() is None
+    with dog.slow("saving a checkpoint"):  # later saves: against the earlier ones
+        now[0] += 9000.0
+        assert dog.check() is None  # 9000 s < 10 x 1000 s
+        now[0] += 2000.0
+        assert "saving a checkpoint has taken 11000 s so far, 11x" in dog.check()
+    assert said[-1] == "saving a checkpoint finished after 11000 s: the run goes on"
     now[0] += 1.0
     dog.beat(7)
-    assert len(said) == 1 and dog.check() is None
+    assert len(said) == 2 and dog.check() is None
 
 
 def test_a_stalled_step_is_reported_by_the_trainer(tmp_path, capsys) -> None:
@@ -493,3 +500,72 @@ def test_resume_on_other_data_fails_before_writing_anything(tmp_path, capsys) ->
     assert (out / "config.json").read_bytes() == config
     assert len(losses(out)) == 2
     shutil.rmtree(out)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc)."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = Path(f"/proc/{p}/task/{p}/children").read_text().split()
+        except OSError:
+            continue
+        out += [int(k) for k in kids]
+        todo += [int(k) for k in kids]
+    return out
+
+
+def _rank_of(pid: int) -> int | None:
+    try:
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    ranks = [e[5:] for e in env if e.startswith(b"RANK=")]
+    return int(ranks[0]) if ranks else None
+
+
+@pytest.mark.skipif(
+    not torch.distributed.is_available()
+    or not torch.distributed.is_gloo_available()
+    or not Path("/proc/self/task").exists(),
+    reason="needs torch.distributed with gloo and Linux /proc",
+)
+def test_a_paused_rank_is_reported_and_ends_the_run_after_dist_timeout(tmp_path) -> None:
+    out = tmp_path / "run"
+    argv = tiny_argv(out, steps=100_000, ckpt_every=2, log_every=1000)
+    argv += ["--dist-timeout", "20", "--stall-factor", "5", "--stall-seconds", "2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        str(REPO / "train.py"),
+        *argv,
+    ]
+    proc = subprocess.Popen(
+        cmd, env=script_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    paused = None
+    try:
+        deadline = time.monotonic() + 300
+        while max(ckpt_steps(out), default=0) < 4 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.1)
+        paused = next(p for p in _descendants(proc.pid) if _rank_of(p) == 1)
+        os.kill(paused, signal.SIGSTOP)
+        t0 = time.monotonic()
+        text, _ = proc.communicate(timeout=240)
+        ended = time.monotonic() - t0
+    finally:
+        if paused is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(paused, signal.SIGCONT)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode != 0
+    assert "has taken" in text and "a process may be paused, stuck or dead" in text, text[-3000:]
+    assert "--dist-timeout 20 s" in text
+    assert ended < 20 + 90, ended  # not the 30-minute default

@@ -544,11 +544,12 @@ class Trainer:
                             break
                         continue
                     watchdog.beat(self.step)
-                    with watchdog.paused():  # slow by design: not a stall
-                        if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                    if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
+                        with watchdog.slow("saving a checkpoint"):
                             self.save_checkpoint()
-                        last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
-                        if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
+                    last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
+                    if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
+                        with watchdog.slow("sampling"):
                             self.write_samples(logger)
             if window is not None:
                 window.abort()  # the run ended before the window did

@@ -5,7 +5,8 @@ group's timeout (``--dist-timeout``, 30 minutes by default) with nothing in the 
 thread is blocked in that collective, so the watch runs in a daemon thread: it compares the time
 since the last finished step with the median of the recent step times and prints one line when
 the step has taken ``factor`` times that median (and at least ``min_seconds``), again at every
-doubling, and one when the run moves on.
+doubling, and one when the run moves on. Work that is slow by design (checkpoints, samples) is
+timed against its own history instead: a save stalled by a paused rank is reported too.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ __all__ = ["StallWatchdog"]
 
 
 class StallWatchdog:
-    """``beat(step)`` after every step; ``paused()`` around work that is slow by design
-    (checkpoints, samples); ``stop()`` at the end. Does nothing with ``factor == 0``."""
+    """``beat(step)`` after every step; ``slow(what)`` around work that is slow by design;
+    ``stop()`` at the end. Does nothing with ``factor == 0``."""
 
     def __init__(
         self,
@@ -37,12 +38,13 @@ class StallWatchdog:
         self.say, self.factor, self.min_seconds = say, factor, min_seconds
         self.timeout_s = timeout_s
         self.clock = clock
-        self._times: deque[float] = deque(maxlen=window)
+        self._steps: deque[float] = deque(maxlen=window)  # step times
+        self._slow: dict[str, deque[float]] = {}  # durations of each kind of slow work
         self._lock = threading.Lock()
         self._last = clock()
         self._step = 0
-        self._paused = 0
-        self._warned_at = 0.0  # the stall length last reported (0: none in this step)
+        self._doing: str | None = None  # the slow work in progress
+        self._warned_at = 0.0  # the wait last reported (0: none for the current wait)
         self._stop = threading.Event()
         self._poll = poll_s if poll_s is not None else max(0.05, min(5.0, min_seconds / 4))
         self._thread: threading.Thread | None = None
@@ -54,45 +56,54 @@ class StallWatchdog:
         """Step ``step`` finished now."""
         now = self.clock()
         with self._lock:
-            if self._paused == 0:
-                self._times.append(now - self._last)
-            if self._warned_at:
-                self.say(f"step {step} finished after {now - self._last:.0f} s: the run goes on")
-            self._last, self._step, self._warned_at = now, step, 0.0
+            self._steps.append(now - self._last)
+            self._moved_on(f"step {step}", now)
+            self._last, self._step = now, step
 
     @contextlib.contextmanager
-    def paused(self) -> Iterator[None]:
-        """No stall reports (and no step time recorded) while the block runs."""
+    def slow(self, what: str) -> Iterator[None]:
+        """``what`` (e.g. "saving a checkpoint") runs in the block: judged against the earlier
+        durations of the same work, not against the step time."""
         with self._lock:
-            self._paused += 1
+            self._doing, self._last = what, self.clock()
         try:
             yield
         finally:
+            now = self.clock()
             with self._lock:
-                self._paused -= 1
-                self._last, self._warned_at = self.clock(), 0.0
+                self._slow.setdefault(what, deque(maxlen=20)).append(now - self._last)
+                self._moved_on(what, now)
+                self._doing, self._last = None, now
+
+    def _moved_on(self, what: str, now: float) -> None:
+        if self._warned_at:
+            self.say(f"{what} finished after {now - self._last:.0f} s: the run goes on")
+        self._warned_at = 0.0
 
     def check(self) -> str | None:
         """The stall message due now, if any (the thread calls this; tests call it directly)."""
         with self._lock:
-            if self._paused or len(self._times) < 3:
-                return None
-            median = statistics.median(self._times)
+            history = self._steps if self._doing is None else self._slow.get(self._doing, ())
+            if len(history) < (3 if self._doing is None else 1):
+                return None  # nothing to compare with yet (the first save may be slow)
+            median = statistics.median(history)
             waited = self.clock() - self._last
             limit = max(self.factor * median, self.min_seconds)
             if waited < limit or waited < 2 * self._warned_at:
                 return None
             self._warned_at = waited
-            step = self._step + 1
+            what = f"step {self._step + 1}" if self._doing is None else self._doing
+            kind = "steps" if self._doing is None else "times"
+            count = len(history)
         timeout = (
             f"; the run fails when a collective has waited --dist-timeout {self.timeout_s:.0f} s"
             if self.timeout_s
             else ""
         )
         return (
-            f"step {step} has taken {waited:.0f} s so far, {waited / max(median, 1e-9):.0f}x the "
-            f"median of the last {len(self._times)} steps ({median:.3g} s): a process may be "
-            f"paused, stuck or dead{timeout}"
+            f"{what} has taken {waited:.0f} s so far, {waited / max(median, 1e-9):.0f}x the "
+            f"median of the last {count} {kind} ({median:.3g} s): a process may be paused, "
+            f"stuck or dead{timeout}"
         )
 
     def _run(self) -> None:
