@@ -12,6 +12,13 @@ nothing itself (each rank checksums a share of the files), writes the manifest a
 folder. A crash at any point leaves either the previous set of checkpoints or the new complete
 one. Loading walks the checkpoints from the newest, skips any whose manifest is missing or whose
 files are truncated or altered, and falls back to the previous one with a warning.
+
+A save of a step whose folder already exists (a corrupt one that a resume fell back past)
+replaces it: the old folder is moved aside to ``.old_step_N``, the new one renamed in, the old
+deleted, and the log says "replaced corrupt step_N". Pruning keeps the newest K checkpoints that
+pass the size check, the one just saved always among them. A failed write (a full disk shows up
+as ``OSError(ENOSPC)`` or as torch's zip writer's "unexpected pos") deletes the temporary folder
+and raises :class:`CheckpointSaveError` naming the step and the path; older checkpoints stay.
 """
 
 from __future__ import annotations
