@@ -422,17 +422,18 @@ def test_the_watchdog_reports_a_step_far_slower_than_the_median() -> None:
 
 def test_a_stalled_step_is_reported_by_the_trainer(tmp_path, capsys) -> None:
     class Slow(DigitsDataset):
-        """Step 5's first item takes 2 s to load (a stand-in for a paused rank)."""
+        """Step 5's first item takes 4 s to load (a stand-in for a paused rank)."""
 
         calls = 0
 
         def load(self, index, rng):
             Slow.calls += 1
             if Slow.calls == 4 * 8 + 1:
-                time.sleep(2.0)
+                time.sleep(4.0)
             return super().load(index, rng)
 
-    cfg = tiny_config(tmp_path, steps=6, stall_factor=5.0, stall_seconds=0.5, ckpt_every=0)
+    # steps take ~0.05-0.3 s here: 4 s is well past 3x the median even on a busy machine
+    cfg = tiny_config(tmp_path, steps=6, stall_factor=3.0, stall_seconds=0.5, ckpt_every=0)
     train(cfg, dataset=Slow())
     text = capsys.readouterr().out
     assert "step 5 has taken" in text and "a process may be paused, stuck or dead" in text

@@ -327,7 +327,8 @@ class Trainer:
 
         found = self.checkpoints.load_latest(build)
         if found is None:
-            self._say(f"--resume: no checkpoint in {self.checkpoints.folder}; starting from step 0")
+            folder = self.checkpoints.folder
+            self._say(f"--resume: no checkpoint in {folder} yet; starting at step 0")
             return
         path, meta, state = found
         set_model_state_dict(self.model, state["model"])
