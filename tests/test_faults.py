@@ -168,6 +168,7 @@ def test_a_second_trainer_on_a_locked_folder_is_refused(tmp_path) -> None:
     assert losses(tmp_path) and ckpt_steps(tmp_path) == [2]
 
 
+@pytest.mark.slow
 def test_concurrent_trainers_and_a_stale_lock_of_a_killed_one(tmp_path) -> None:
     out = tmp_path / "run"
     cmd = [sys.executable, str(REPO / "train.py"), *tiny_argv(out, steps=100_000, ckpt_every=2)]
@@ -345,6 +346,7 @@ sys.exit(main(sys.argv[2:]))
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("point", "corrupt_6"),
     [
@@ -526,6 +528,7 @@ def _rank_of(pid: int) -> int | None:
     return int(ranks[0]) if ranks else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     not torch.distributed.is_available()
     or not torch.distributed.is_gloo_available()
