@@ -211,7 +211,7 @@ def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path,
         assert name in text
         assert set(row) == {"FD-digits", "KID-digits", "accuracy", "diversity", "speckle"}
     assert rows["native"]["speckle"] < rows["native, per-query noise"]["speckle"]
-    assert report["settings"]["resolution"] == [16, 16]
+    assert report["settings"]["resolution"] == [16, 16] and out.with_suffix(".png").is_file()
     assert report["settings"]["training_resolution"] == [8, 8]
     assert evaluate_main(["--checkpoint", str(digits_run), "--compare-upsampling"]) == 2
     assert "--resolution" in capsys.readouterr().err

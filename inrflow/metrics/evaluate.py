@@ -328,6 +328,7 @@ def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
             row = {k: v for k, v in m.items() if isinstance(v, float)}
         row["speckle"] = upsampling_residual(x, train_hw, value_range=(-1.0, 1.0))
         table[name] = row
+    picture = _comparison_picture(low, rows, hw, Path(args.out).with_suffix(".png"))
     settings = {
         "checkpoint": args.checkpoint,
         "training_resolution": list(train_hw),
@@ -339,9 +340,24 @@ def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
     }
     return {
         "comparison": table,
+        "picture": str(picture),
         "settings": settings,
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
+
+
+def _comparison_picture(
+    low: torch.Tensor, rows: dict[str, torch.Tensor], hw: Sequence[int], path: Path
+) -> Path:
+    """One PNG row per way of reaching ``hw`` (the first 10 samples each), below the
+    training-resolution samples themselves (nearest upsampling)."""
+    from inrflow.data.io import save_image_grid
+
+    k = min(10, low.shape[0])
+    nearest = torch.nn.functional.interpolate(low[:k], size=tuple(hw), mode="nearest")
+    stack = torch.cat([nearest, *(x[:k] for x in rows.values())])  # [R*k, C, H, W]
+    values = stack.flatten(2).transpose(1, 2)  # [R*k, H*W, C]
+    return save_image_grid(values, hw, path, nrow=k, scale=max(1, 64 // max(hw)))
 
 
 def format_comparison(report: dict[str, Any]) -> str:
@@ -355,8 +371,9 @@ def format_comparison(report: dict[str, Any]) -> str:
         cells = [f"{row[c]:>10.4g}" if c in row else f"{'-':>10}" for c in cols]
         lines.append(f"{name:<{width}}  " + "  ".join(cells))
     s = report["settings"]
+    lines.append(f"\npicture (rows: training resolution, then the rows above): {report['picture']}")
     lines.append(
-        f"\n{s['resolution'][0]}x{s['resolution'][1]} from a model trained at "
+        f"{s['resolution'][0]}x{s['resolution'][1]} from a model trained at "
         f"{s['training_resolution'][0]}x{s['training_resolution'][1]}; reference: "
         f"{s['reference']}; {s['num_samples']} samples, {s['method']} {s['steps']} steps, "
         f"CFG {s['cfg_scale']}"
