@@ -223,10 +223,12 @@ def generate(
         if cond is not None:
             cnd = cond[torch.arange(start, start + b) % cond.shape[0]].to(device)
         scale = cfg_scale if lab is not None or cnd is not None else 1.0
+        # the per-step bar of the sampler under the per-batch one: one batch of a large image
+        # takes minutes, a bar over batches alone would sit at 0 all that time
         kw: dict[str, Any] = dict(
             generator=g,
             chunk_size=chunk_size,
-            progress=False,
+            progress=progress,
             batch_size=b,
             cond=cnd,
             time_shift=time_shift,
@@ -416,6 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
         raise SystemExit("sample.py: --num-points must be >= 1")
+    if args.chunk_size < 1:
+        raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
+    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
+        raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
     if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
         raise SystemExit("sample.py: --join-time must be in [0, 1)")
     resolution = tuple(args.resolution) if args.resolution is not None else None
@@ -425,7 +431,10 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: {exc}") from None
     info = meta["dataset"]
     if info["domain"] == "protein":
+        _check_output(args.out, folder=True, flag="--out")
         return _sample_proteins(args, model, meta, ckpt)
+    _check_output(args.out, folder=info["domain"] != "image", flag="--out")
+    _check_output(args.npz, folder=False, flag="--npz")
     try:
         labels = _parse_labels(args.labels, args.num, model.config.num_classes)
         cond = None
@@ -468,6 +477,12 @@ def main(argv: list[str] | None = None) -> int:
         join_time=args.join_time,
     )
     print(f"[inrflow] {stats.describe()}", flush=True)
+    bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())
+    if bad:
+        raise SystemExit(
+            f"sample.py: {bad} of {out.shape[0]} samples contain NaN or infinite values (the "
+            f"checkpoint's weights or the sampler settings are broken); nothing was written"
+        )
     if info["domain"] == "image":
         hw = image_shape(meta, resolution)
         path = Path(args.out or "samples.png")
@@ -491,6 +506,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"[inrflow] wrote {path}", flush=True)
     return 0
+
+
+def _check_output(path: str | None, folder: bool, flag: str) -> None:
+    """Refuse an output path of the wrong kind before sampling (not after minutes of work)."""
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p} is a file; these samples are written to a folder")
+    if not folder and p.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p} is a folder; give a file name")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
 
 
 def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt: Any) -> int:

@@ -313,6 +313,19 @@ def reference_bits_per_dim(
     }
 
 
+def _check_labels(labels: torch.Tensor, num_classes: int, num_samples: int) -> None:
+    """Labels must name a class of the classifier, one per sample: an out-of-range label would
+    be scored as a miss (or, negative, silently as another class) instead of being reported."""
+    if labels.numel() != num_samples:
+        raise ValueError(f"{num_samples} samples but {labels.numel()} labels")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        shown = ", ".join(str(int(v)) for v in bad.unique()[:5])
+        raise ValueError(
+            f"labels must be classes 0..{num_classes - 1}; {bad.numel()} are not ({shown})"
+        )
+
+
 UPSAMPLING_ROWS = ("native", "native, per-query noise", "bicubic", "bilinear")
 
 
@@ -528,6 +541,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from inrflow.metrics.digits import digits_metrics, load_real_digits
 
         refs = None if args.ref in (None, "digits") else load_images(args.ref)
+        if labels is not None:
+            _check_labels(labels, 10, samples.shape[0])
         metrics = digits_metrics(samples, labels, refs=refs, value_range=vr, ref_value_range=rvr)
         if args.metrics:  # Inception-family numbers as well, on request
             from inrflow.metrics.images import compute_image_metrics
@@ -763,9 +778,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.bpd < 0 or (args.bpd and not args.checkpoint):
         print("evaluate.py: error: --bpd N needs --checkpoint and N >= 0", file=sys.stderr)
         return 2
-    if args.num_samples == 0 and not args.bpd:
-        print("evaluate.py: error: --num-samples 0 only with --bpd", file=sys.stderr)
+    for flag, value in (
+        ("--num-samples", args.num_samples),
+        ("--batch-size", args.batch_size),
+        ("--steps", args.steps),
+        ("--points", args.points),
+    ):
+        if flag == "--num-samples" and value == 0 and args.bpd:
+            continue  # the likelihood only
+        if value is not None and value < 1:
+            print(f"evaluate.py: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
+        print("evaluate.py: error: --resolution takes one side or H W, each >= 1", file=sys.stderr)
         return 2
+    if not math.isfinite(args.cfg_scale):
+        msg = f"evaluate.py: error: --cfg-scale must be finite, got {args.cfg_scale}"
+        print(msg, file=sys.stderr)
+        return 2
+    for flag, path in (("--out", args.out), ("--save-samples", args.save_samples)):
+        if path is not None and Path(path).is_dir():
+            msg = f"evaluate.py: error: {flag} {path} is a folder; give a file name"
+            print(msg, file=sys.stderr)
+            return 2
     from inrflow.sample import check_solver_arguments
 
     if args.checkpoint and (err := check_solver_arguments(args)) is not None:
