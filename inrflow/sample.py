@@ -264,8 +264,8 @@ def add_solver_arguments(p: argparse._ActionsContainer, default_steps: int) -> N
         "--steps",
         type=int,
         default=default_steps,
-        help=f"steps of the fixed-step samplers (NFE: steps, 2 x steps for heun; unused by "
-        f"dopri5); default {default_steps}",
+        help=f"steps of the fixed-step samplers (NFE: steps, 2 x steps for heun); dopri5 uses "
+        f"it only to place the default join time of a fine grid; default {default_steps}",
     )
     p.add_argument(
         "--time-shift",
