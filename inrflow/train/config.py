@@ -325,7 +325,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # per instance), 256 points. Each cloud's noise is matched to its points (OT pairing: paired
     # at random, the flow only learned blobs) and the training times lean to the data end, where
     # the surface detail is decided. The data-loading worker does the matching on the second
-    # core. Scored at the end on 20 samples per class (docs/DOMAINS.md, README).
+    # core. Scored at the end on 20 samples per class (docs/DOMAINS.md, README); CFG 1.5
+    # balances recognition (higher with more guidance) against 1-NNA (lower with less).
     "shapes": dict(
         data="shapes",
         size="tiny",
@@ -343,7 +344,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         sample_every=1000,
         num_samples=28,
         sample_steps=50,
-        cfg_scale=2.0,
+        cfg_scale=1.5,
         final_samples=140,
         out="runs/shapes",
         resume=True,  # the one-command demo: running it again continues its run
