@@ -294,7 +294,7 @@ def _meta_model(size: str, form: str, dtype: torch.dtype = torch.float32, **over
     with torch.device("meta"):
         model = build_model(size, encoder_form=form, **overrides).to(dtype)
         for m in model.modules():  # what _apply does off meta: frequencies, centres stay fp32
-            for name in ("freqs", "centers"):
+            for name in ("freqs", "centers", "cell"):
                 buf = getattr(m, name, None)
                 if isinstance(buf, torch.Tensor) and buf.dtype != torch.float32:
                     setattr(m, name, torch.empty(buf.shape, dtype=torch.float32))

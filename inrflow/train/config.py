@@ -86,7 +86,7 @@ class TrainConfig:
     # --- system ---------------------------------------------------------------------------------
     device: str = _f("auto", "cpu|cuda|auto (cuda when available); cpu uses gloo, cuda nccl")
     precision: str = _f("auto", "bf16|fp32|auto (bf16 mixed precision on GPUs, fp32 on CPUs)")
-    compile: bool = _f(False, "torch.compile every transformer block")
+    compile: bool = _f(False, "torch.compile the whole model (encoder, trunk blocks, decoder)")
     activation_checkpointing: bool = _f(False, "recompute the trunk blocks in backward")
     workers: int = _f(4, "data-loading worker processes per rank (0: load in the main process)")
     threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)")

@@ -1,4 +1,4 @@
-"""Activation checkpointing, per-block ``torch.compile`` and FSDP2 sharding, in that order.
+"""Activation checkpointing, whole-model ``torch.compile`` and FSDP2 sharding, in that order.
 
 FSDP2 units: the encoder, every trunk block, then the root. The root keeps the embeddings, the
 decoder blocks and the final layer: ``INRFlow.encode`` precomputes the decoder's keys/values and
@@ -31,15 +31,25 @@ def apply_activation_checkpointing(model: INRFlow) -> None:
 
 
 def apply_compile(model: INRFlow) -> None:
-    """``torch.compile`` every trunk block (before sharding, so FSDP2's hooks stay outside the
-    compiled code). The ``_orig_mod.`` this adds to parameter names is removed again by
+    """``torch.compile`` the whole model, one graph per piece between FSDP2 unit boundaries.
+
+    The encoder and every trunk block are replaced by their compiled wrappers (before sharding,
+    so FSDP2's hooks stay outside the compiled code; activation checkpointing, applied first, is
+    traced inside). The root's own work, the conditioning, the latent positions, the decoder's
+    keys/values and modulations, and the decoder with its query embeddings and final layer (the
+    largest part at 16,384 queries), runs as compiled methods
+    (:attr:`~inrflow.model.INRFlow.COMPILED_METHODS`). The inrflow ops are traced through their
+    fake kernels. The ``_orig_mod.`` this adds to parameter names is removed again by
     ``get_model_state_dict`` and :func:`~inrflow.train.optim.clean_name`.
 
     Args:
-        model: the model whose ``blocks`` are replaced by their compiled wrappers.
+        model: the model, compiled in place.
     """
+    model.encoder = torch.compile(model.encoder, dynamic=False)
     for i, block in enumerate(model.blocks):
         model.blocks[i] = torch.compile(block, dynamic=False)
+    for name in model.COMPILED_METHODS:  # instance attributes shadow the (eager) methods
+        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
 
 
 def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
