@@ -102,6 +102,11 @@ class TrainConfig:
     verify_checksums: bool = _f(True, "check every checkpoint file's CRC32 before loading it")
     log_every: int = _f(50, "progress-bar, TensorBoard and console scalars every N steps")
     tensorboard: bool = _f(True, "write TensorBoard scalars (needs the tensorboard package)")
+    peak_tflops: float | None = _f(
+        None,
+        "the device's peak TFLOP/s for the MFU in the logs (default: the bf16 tensor-core peak of "
+        "an A100/H100/H200 from a table; MFU is n/a on other devices, e.g. CPUs)",
+    )
     sample_every: int = _f(10_000, "write an EMA sample grid / PLY files every N steps (0: off)")
     num_samples: int = _f(16, "samples in each periodic grid")
     sample_steps: int = _f(50, "sampler steps for the periodic and final samples")
@@ -175,6 +180,8 @@ class TrainConfig:
             bad(f"--keep-ckpts must be >= 1, got {self.keep_ckpts}")
         if self.log_every < 1 or self.max_nonfinite < 1:
             bad("--log-every and --max-nonfinite must be >= 1")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            bad(f"--peak-tflops must be > 0, got {self.peak_tflops}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

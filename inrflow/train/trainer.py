@@ -42,6 +42,7 @@ from .distributed import Dist, init_distributed
 from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
 from .profiler import ProfileWindow
+from .throughput import Throughput, device_peak_tflops
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 
@@ -439,6 +440,9 @@ class Trainer:
             cfg.batch_size,
             cfg.log_every,
             cfg.tensorboard,
+            throughput=Throughput(
+                cfg.batch_size, d.world, cfg.peak_tflops or device_peak_tflops(self.device)
+            ),
         )
         self._logger = logger
         previous = self._install_signal_handlers()
@@ -454,6 +458,8 @@ class Trainer:
                     with in_window:
                         with self._range("data"):
                             batch = self._to_device(next(batches))
+                        if not logger.throughput.counted and d.is_main:
+                            logger.throughput.count(self.model_config, batch)  # first batch
                         loss, grad_norm, _skipped = self.train_step(batch)
                     self.step += 1
                     logger.log_step(
