@@ -30,7 +30,7 @@ def apply_activation_checkpointing(model: INRFlow) -> None:
         model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_compile(model: INRFlow) -> None:
+def apply_compile(model: INRFlow, backend: str = "inductor") -> None:
     """``torch.compile`` the whole model, one graph per piece between FSDP2 unit boundaries.
 
     The encoder and every trunk block are replaced by their compiled wrappers (before sharding,
@@ -44,12 +44,15 @@ def apply_compile(model: INRFlow) -> None:
 
     Args:
         model: the model, compiled in place.
+        backend: the ``torch.compile`` backend (``"aot_eager"`` checks the graphs without
+            generating code: the GPU check's dry run).
     """
-    model.encoder = torch.compile(model.encoder, dynamic=False)
+    opts = {"dynamic": False, "backend": backend}
+    model.encoder = torch.compile(model.encoder, **opts)
     for i, block in enumerate(model.blocks):
-        model.blocks[i] = torch.compile(block, dynamic=False)
+        model.blocks[i] = torch.compile(block, **opts)
     for name in model.COMPILED_METHODS:  # instance attributes shadow the (eager) methods
-        setattr(model, name, torch.compile(getattr(model, name), dynamic=False))
+        setattr(model, name, torch.compile(getattr(model, name), **opts))
 
 
 def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
@@ -90,11 +93,12 @@ def parallelize(
     param_dtype: torch.dtype | None = None,
     activation_checkpointing: bool = False,
     compile: bool = False,
+    compile_backend: str = "inductor",
 ) -> nn.Module:
     """Apply activation checkpointing, compile and FSDP2 to ``model`` (in place) and return it."""
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
-        apply_compile(model)
+        apply_compile(model, compile_backend)
     apply_fsdp(model, mesh, param_dtype)
     return model
