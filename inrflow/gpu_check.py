@@ -176,7 +176,7 @@ def part_build(plan: Plan, clock: Clock) -> dict[str, Any]:
         }
     cmd = [sys.executable, "-m", "pip", "install", "--no-build-isolation", "-e", "."]
     result = _run(cmd, min(BUDGETS["build"], clock.left()))
-    result["note"] = "built now; kernels load in fresh processes (the tests, the demo)"
+    result["note"] = "built now: the check continues in a fresh process that loads the kernels"
     return result
 
 
@@ -293,7 +293,8 @@ def part_ops(plan: Plan, clock: Clock) -> dict[str, Any]:
         public = getattr(ops, op)
         impls: dict[str, Callable[[], object]] = {}
         if ops.extension_available(plan.device, op):
-            impls["kernel"] = lambda public=public, args=args: public(*args)
+            kw = {} if op == "fourier_embed" else {"validate": False}  # no sync in the timing
+            impls["kernel"] = lambda public=public, args=args, kw=kw: public(*args, **kw)
         ref = _reference_fn(op)
         impls["eager reference"] = lambda ref=ref, args=args: ref(*args)
         if not plan.dry_run:
@@ -354,7 +355,8 @@ def _step_setup(plan: Plan, batch: int, compiled: bool, dist):
     from inrflow.train.parallelize import parallelize
 
     torch.manual_seed(0)
-    model = INRFlow(get_config(plan.size))
+    with torch.device(plan.device):  # initialise on the device: XL on the CPU takes a while
+        model = INRFlow(get_config(plan.size))
     model = parallelize(
         model,
         dist.mesh,
@@ -377,14 +379,16 @@ def _is_oom(e: BaseException) -> bool:
     return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
-def _largest_batch(plan: Plan, dist, deadline: float) -> tuple[int, list[int]]:
-    """Double the batch from 1 until a step runs out of memory (or the plan's cap)."""
-    fits, b = 0, 1
-    tried = []
+def _largest_batch(plan: Plan, model, opt, deadline: float) -> tuple[int, list[int]]:
+    """Double the batch from 1 until a step runs out of memory, the plan's cap or the deadline
+    (one model: the optimizer state it allocates belongs to the footprint anyway)."""
+    from inrflow.memory import _batch
+
+    fits, b, tried = 0, 1, []
     while b <= plan.max_batch and time.perf_counter() < deadline:
         tried.append(b)
         try:
-            model, opt, data = _step_setup(plan, b, False, dist)
+            data = _batch(model.config, b, plan.resolution**2, plan.queries, device=plan.device)
             _one_step(model, opt, data)
             _sync(plan.device)
             fits = b
@@ -393,7 +397,8 @@ def _largest_batch(plan: Plan, dist, deadline: float) -> tuple[int, list[int]]:
                 raise
             break
         finally:
-            model = opt = data = None
+            data = None
+            opt.zero_grad(set_to_none=True)
             if plan.device == "cuda":
                 torch.cuda.empty_cache()
         b *= 2
@@ -401,6 +406,7 @@ def _largest_batch(plan: Plan, dist, deadline: float) -> tuple[int, list[int]]:
 
 
 def part_step(plan: Plan, clock: Clock) -> dict[str, Any]:
+    from inrflow.memory import _batch
     from inrflow.model import get_config
     from inrflow.perf import training_flops_per_sample
     from inrflow.train.distributed import init_distributed
@@ -414,7 +420,8 @@ def part_step(plan: Plan, clock: Clock) -> dict[str, Any]:
         peak = device_peak_tflops(torch.device(plan.device))
         # leave room for the compiled run: the search may use at most a third of the budget
         search_end = time.perf_counter() + (deadline - time.perf_counter()) / 3
-        batch, tried = _largest_batch(plan, dist, search_end)
+        model, opt, _ = _step_setup(plan, 1, False, dist)
+        batch, tried = _largest_batch(plan, model, opt, search_end)
         result.update(batch=batch, batches_tried=tried, tflop_per_sample=flops / 1e12)
         if batch == 0:
             result["status"] = "no batch fits"
@@ -426,16 +433,20 @@ def part_step(plan: Plan, clock: Clock) -> dict[str, Any]:
             if plan.device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-            model, opt, data = _step_setup(plan, batch, compiled, dist)
+            if model is None:  # the eager model was freed after its timing
+                model, opt, _ = _step_setup(plan, 1, compiled, dist)
+            data = _batch(model.config, batch, plan.resolution**2, plan.queries, device=plan.device)
             t0 = time.perf_counter()
             _one_step(model, opt, data)  # compiles, when compiled
             _sync(plan.device)
             first = time.perf_counter() - t0
             left = deadline - time.perf_counter()
+            # eager leaves most of what is left to the compiled run's compilation
+            budget = left / 2 if compiled else min(left / 5, 30.0)
             seconds = _time(
                 lambda m=model, o=opt, d=data: _one_step(m, o, d),
                 plan.device,
-                max(left / 2, 0.1),
+                max(budget, 0.1),
                 warmup=1,
             )
             tflops = flops * batch / seconds / 1e12
@@ -552,7 +563,19 @@ def run(plan: Plan, out: Path, parts: tuple[str, ...] = tuple(BUDGETS)) -> dict[
         "step": lambda: part_step(plan, clock),
         "demo": lambda: part_demo(plan, clock, out),
     }
+    resumed = json.loads(os.environ.get(_RESUME_ENV, "{}"))
+    if resumed:  # after a build: what the first process did, on the same clock
+        clock.start -= resumed["seconds"]
+        report["parts"].update(resumed["parts"])
     for part in parts:
+        if part in report["parts"]:
+            continue
+        if (
+            part != "build"
+            and report["parts"].get("build", {}).get("status") == "ok"
+            and ("note" in report["parts"]["build"] and not resumed)
+        ):
+            _reexec(report, clock, out, parts)  # does not return
         if not plan.dry_run and not clock.fits(part):
             report["parts"][part] = {
                 "status": f"skipped: {clock.left():.0f} s left, budget {BUDGETS[part]:.0f} s"
@@ -571,6 +594,26 @@ def run(plan: Plan, out: Path, parts: tuple[str, ...] = tuple(BUDGETS)) -> dict[
     (out / "gpu_report.json").write_text(json.dumps(report, indent=1, default=str))
     (out / "gpu_report.md").write_text(markdown(report))
     return report
+
+
+_RESUME_ENV = "INRFLOW_GPU_CHECK_RESUME"
+
+
+def _reexec(report: dict[str, Any], clock: Clock, out: Path, parts: tuple[str, ...]) -> None:
+    """Continue in a fresh interpreter (the extension just built cannot be reloaded here)."""
+    state = {"seconds": time.perf_counter() - clock.start, "parts": report["parts"]}
+    os.environ[_RESUME_ENV] = json.dumps(state, default=str)
+    argv = [
+        sys.executable,
+        "-m",
+        "inrflow.gpu_check",
+        "--out",
+        str(out),
+        "--parts",
+        ",".join(parts),
+    ]
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
 
 
 def plan_text(plan: Plan) -> str:
