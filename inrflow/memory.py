@@ -160,6 +160,31 @@ def largest_batch(one: StepMemory, two: StepMemory, gpus: int, capacity: float) 
     return max(0, math.floor((BUDGET * capacity - fixed) / slope))
 
 
+COMPOSITIONS = (("inrflow (folded)", "folded"), ("authors (dense)", "dense"))
+
+
+def table_header(batch: int) -> list[str]:
+    """The header rows of :func:`memory_table`."""
+    return [
+        f"| composition | AC | peak at batch {batch}, 1 / 8 GPUs (GB) | "
+        + " | ".join(f"max batch/GPU {name}, 1 / 8 GPUs" for name in GPU_MEMORY)
+        + " |",
+        "|---|---|---|" + "---|" * len(GPU_MEMORY),
+    ]
+
+
+def table_row(who: str, ac: bool, one: StepMemory, two: StepMemory, batch: int) -> str:
+    """One row of :func:`memory_table` from the steps tracked at batch 1 and 2."""
+    slope = two.peak - one.peak
+    at = StepMemory(batch, one.peak + slope * (batch - 1), one.params)
+    peaks = " / ".join(f"{per_gpu_bytes(at, g) / 1e9:,.1f}" for g in (1, 8))
+    fits = [
+        " / ".join(str(largest_batch(one, two, g, cap)) for g in (1, 8))
+        for cap in GPU_MEMORY.values()
+    ]
+    return f"| {who} | {'yes' if ac else 'no'} | {peaks} | " + " | ".join(fits) + " |"
+
+
 def memory_table(
     size: str = "XL",
     resolution: int = 256,
@@ -169,27 +194,15 @@ def memory_table(
 ) -> str:
     """Markdown: per-GPU peak at ``batch`` and the largest batch per GPU for 80 / 141 GB, over
     1 and 8 GPUs, with and without activation checkpointing, inrflow vs the authors' composition."""
-    rows = [
-        f"| composition | AC | peak at batch {batch}, 1 / 8 GPUs (GB) | "
-        + " | ".join(f"max batch/GPU {name}, 1 / 8 GPUs" for name in GPU_MEMORY)
-        + " |",
-        "|---|---|---|" + "---|" * len(GPU_MEMORY),
-    ]
+    rows = table_header(batch)
     context = resolution * resolution
-    for who, form in (("inrflow (folded)", "folded"), ("authors (dense)", "dense")):
+    for who, form in COMPOSITIONS:
         for ac in (False, True):
             if progress:
                 progress(f"tracking {size} {form} AC={ac}")
             one = fake_step_peak(size, 1, context, queries, form=form, activation_checkpointing=ac)
             two = fake_step_peak(size, 2, context, queries, form=form, activation_checkpointing=ac)
-            slope = two.peak - one.peak
-            at = StepMemory(batch, one.peak + slope * (batch - 1), one.params)
-            peaks = " / ".join(f"{per_gpu_bytes(at, g) / 1e9:,.1f}" for g in (1, 8))
-            fits = [
-                " / ".join(str(largest_batch(one, two, g, cap)) for g in (1, 8))
-                for cap in GPU_MEMORY.values()
-            ]
-            rows.append(f"| {who} | {'yes' if ac else 'no'} | {peaks} | " + " | ".join(fits) + " |")
+            rows.append(table_row(who, ac, one, two, batch))
     return "\n".join(rows)
 
 
