@@ -99,3 +99,16 @@ def test_largest_batch_solves_the_line() -> None:
     b = memory.largest_batch(one, two, gpus=1, capacity=1000)
     assert memory.per_gpu_bytes(memory.StepMemory(b, 10 + 20 * (b - 1), 1), 1) <= 900
     assert memory.per_gpu_bytes(memory.StepMemory(b + 1, 10 + 20 * b, 1), 1) > 900
+
+
+def test_metrics_of_a_run_from_before_the_throughput_columns_still_read(tmp_path) -> None:
+    from inrflow.train.logging import MetricLogger
+
+    old = "step,loss,grad_norm,lr,skipped,time\n1,0.5,1.0,0.001,0,100.0\n2,0.4,1.0,0.001,0,101.0\n"
+    (tmp_path / "metrics.csv").write_text(old)
+    logger = MetricLogger(tmp_path, True, 3, 2, 4, 1, False, progress=False)
+    logger.log_step(3, 0.3, 1.0, 1e-3, 0)
+    logger.close()
+    rows = read_metrics(tmp_path / "metrics.csv")
+    assert [r["step"] for r in rows] == [1.0, 2.0, 3.0]
+    assert "samples_per_s" not in rows[0] and rows[2]["samples_per_s"] > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -39,7 +40,11 @@ CSV_FIELDS = (
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
     """Rows of a ``metrics.csv`` as floats."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # a run resumed from before a column existed has rows without it: left out of the row
+        return [
+            {k: float(v) for k, v in row.items() if k is not None and v not in (None, "")}
+            for row in csv.DictReader(f)
+        ]
 
 
 def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
@@ -83,7 +88,12 @@ def _show(value: float, fmt: str) -> str:
 
 
 class MetricLogger:
-    """Does nothing on ranks other than 0."""
+    """Does nothing on ranks other than 0.
+
+    Console progress: a tqdm bar on a terminal; elsewhere (``progress=False``, or ``None`` with
+    stdout not a terminal, e.g. a cluster job log) one plain line every ``log_every`` steps,
+    since a bar redrawn every step fills a log file with carriage-return frames.
+    """
 
     def __init__(
         self,
@@ -94,9 +104,11 @@ class MetricLogger:
         samples_per_step: int,
         log_every: int,
         tensorboard: bool,
+        progress: bool | None = None,
         throughput: Throughput | None = None,
     ) -> None:
         self.enabled = enabled
+        self.total_steps = total_steps
         self.throughput = throughput
         self.samples_per_step = samples_per_step
         self.log_every = log_every
@@ -123,14 +135,17 @@ class MetricLogger:
                     "(pip install tensorboard, or pass --no-tensorboard)",
                     stacklevel=2,
                 )
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            desc="train",
-            dynamic_ncols=True,
-            smoothing=0.05,
-            unit="step",
-        )
+        if progress is None:
+            progress = sys.stdout.isatty()
+        if progress:
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                dynamic_ncols=True,
+                smoothing=0.05,
+                unit="step",
+            )
         self._t_last, self._step_last = time.perf_counter(), start_step
         self._t_row = self._t_last
         self._losses: list[float] = []
@@ -142,7 +157,8 @@ class MetricLogger:
             rows = list(csv.reader(f))
         if not rows:
             return
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
+        # the current header, also over rows of an older version with fewer columns
+        kept = [list(CSV_FIELDS)] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
@@ -157,7 +173,8 @@ class MetricLogger:
             [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{time.time():.3f}"]
             + [f"{row[k]:.6g}" for k in ("samples_per_s", "tflops", "mfu")]
         )
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
         if math.isfinite(loss):
             self._losses.append(loss)
         if step % self.log_every == 0:
@@ -167,14 +184,23 @@ class MetricLogger:
             mean = sum(self._losses) / max(len(self._losses), 1)
             self._losses.clear()
             rates = self._rates(1.0 / max(steps_s, 1e-12))
-            self.bar.set_postfix(
-                loss=f"{mean:.4f}",
-                steps_s=f"{steps_s:.2f}",
-                samples_s=f"{rates['samples_per_s']:.0f}",
-                tflops=_show(rates["tflops"], "{:.1f}"),
-                mfu=_show(rates["mfu"], "{:.1%}"),
-                refresh=False,
-            )
+            tflops, mfu = _show(rates["tflops"], "{:.1f}"), _show(rates["mfu"], "{:.1%}")
+            if self.bar is not None:
+                self.bar.set_postfix(
+                    loss=f"{mean:.4f}",
+                    steps_s=f"{steps_s:.2f}",
+                    samples_s=f"{rates['samples_per_s']:.0f}",
+                    tflops=tflops,
+                    mfu=mfu,
+                    refresh=False,
+                )
+            else:
+                print(
+                    f"[inrflow] step {step}/{self.total_steps} loss {mean:.4f} "
+                    f"{steps_s:.3g} steps/s {rates['samples_per_s']:.3g} samples/s "
+                    f"{tflops} TFLOP/s MFU {mfu}",
+                    flush=True,
+                )
             self._csv_file.flush()
             self.scalars(
                 step,
