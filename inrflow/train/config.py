@@ -98,7 +98,7 @@ class TrainConfig:
     # --- system ---------------------------------------------------------------------------------
     device: str = _f("auto", "cpu|cuda|auto (cuda when available); cpu uses gloo, cuda nccl")
     precision: str = _f("auto", "bf16|fp32|auto (bf16 mixed precision on GPUs, fp32 on CPUs)")
-    compile: bool = _f(False, "torch.compile every transformer block")
+    compile: bool = _f(False, "torch.compile the whole model (encoder, trunk blocks, decoder)")
     activation_checkpointing: bool = _f(False, "recompute the trunk blocks in backward")
     workers: int = _f(4, "data-loading worker processes per rank (0: load in the main process)")
     threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)")
@@ -139,6 +139,11 @@ class TrainConfig:
         "default: the bar when stdout is a terminal, lines otherwise (job logs)",
     )
     tensorboard: bool = _f(True, "write TensorBoard scalars (needs the tensorboard package)")
+    peak_tflops: float | None = _f(
+        None,
+        "the device's peak TFLOP/s for the MFU in the logs (default: the bf16 tensor-core peak of "
+        "an A100/H100/H200 from a table; MFU is n/a on other devices, e.g. CPUs)",
+    )
     sample_every: int = _f(10_000, "write an EMA sample grid / PLY files every N steps (0: off)")
     num_samples: int = _f(16, "samples in each periodic grid")
     sample_steps: int = _f(50, "sampler steps for the periodic and final samples")
@@ -214,6 +219,8 @@ class TrainConfig:
             bad(f"--keep-ckpts must be >= 1, got {self.keep_ckpts}")
         if self.log_every < 1 or self.max_nonfinite < 1:
             bad("--log-every and --max-nonfinite must be >= 1")
+        if self.peak_tflops is not None and not self.peak_tflops > 0:
+            bad(f"--peak-tflops must be > 0, got {self.peak_tflops}")
         if self.resume and self.overwrite:
             bad("--resume continues the run in --out, --overwrite deletes it: pass one of them")
         if not self.dist_timeout > 0:

@@ -44,6 +44,7 @@ from .optim import EMA, build_optimizer, lr_at
 from .profiler import ProfileWindow
 from .progress import HEADLINE, TimeBucketLoss, append_progress, class_picture, save_class_clouds
 from .run_folder import RunFolderError, RunLock, open_run_folder, resume_conflicts
+from .throughput import Throughput, device_peak_tflops
 from .watchdog import StallWatchdog
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
@@ -515,6 +516,9 @@ class Trainer:
             cfg.batch_size,
             cfg.log_every,
             cfg.tensorboard,
+            throughput=Throughput(
+                cfg.batch_size, d.world, cfg.peak_tflops or device_peak_tflops(self.device)
+            ),
             progress=cfg.progress,
         )
         self._logger = logger
@@ -537,6 +541,8 @@ class Trainer:
                     with in_window:
                         with self._range("data"):
                             batch = self._to_device(next(batches))
+                        if not logger.throughput.counted and d.is_main:
+                            logger.throughput.count(self.model_config, batch)  # first batch
                         loss, grad_norm, _skipped = self.train_step(batch)
                     self.step += 1
                     logger.log_step(
