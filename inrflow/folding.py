@@ -18,7 +18,15 @@ from inrflow.data.proteins import ProteinDataset, write_pdb
 from inrflow.metrics.protein import lddt, tm_score
 from inrflow.sampling import sample
 
-__all__ = ["evaluate_structures", "predict_structures"]
+__all__ = [
+    "CA_CA_DISTANCE",
+    "evaluate_structures",
+    "ideal_chain",
+    "ideal_chain_scores",
+    "predict_structures",
+]
+
+CA_CA_DISTANCE = 3.8  # Å between consecutive Cα atoms (trans peptide bonds)
 
 
 @torch.no_grad()
@@ -93,6 +101,46 @@ def evaluate_structures(
             res = c.atom_residue[atoms]
             write_pdb(Path(out_dir) / f"{p['name']}_pred.pdb", p["pred"], names, c.residues, res)
             write_pdb(Path(out_dir) / f"{p['name']}_true.pdb", p["true"], names, c.residues, res)
+    return _summary(per_chain)
+
+
+def ideal_chain(num_residues: int, kind: str = "helix") -> np.ndarray:
+    """Cα trace ``[L, 3]`` Å of an idealised chain with the right Cα–Cα spacing (~3.8 Å).
+
+    ``straight``: residues every 3.8 Å on a line. ``helix``: the ideal α-helix (radius 2.3 Å,
+    rise 1.5 Å and 100° per residue, which puts consecutive Cα 3.8 Å apart). They are the
+    baselines a structure predictor must beat: a chain that knows only its bond lengths (and,
+    for the helix, the commonest secondary structure) but nothing of the fold.
+    """
+    if num_residues < 1:
+        raise ValueError(f"num_residues must be >= 1, got {num_residues}")
+    i = np.arange(num_residues, dtype=np.float64)
+    if kind == "straight":
+        return np.stack([i * CA_CA_DISTANCE, 0 * i, 0 * i], axis=1)
+    if kind == "helix":
+        phi = np.deg2rad(100.0) * i
+        return np.stack([2.3 * np.cos(phi), 2.3 * np.sin(phi), 1.5 * i], axis=1)
+    raise ValueError(f"kind must be helix or straight, got {kind!r}")
+
+
+def ideal_chain_scores(dataset: ProteinDataset, kind: str = "helix") -> dict[str, Any]:
+    """Mean and per-chain Cα lDDT / TM-score of :func:`ideal_chain` against every chain of
+    ``dataset`` (the window :func:`evaluate_structures` scores), in its format."""
+    per_chain = {}
+    for i in range(len(dataset)):
+        e = dataset.example(i)
+        ca_true = e["xyz"][e["ca_index"][e["ca_index"] >= 0]]
+        ca_pred = ideal_chain(ca_true.shape[0], kind)
+        per_chain[dataset.chain(i).name] = {
+            "lddt_ca": float(lddt(ca_pred, ca_true)),
+            "tm_score": float(tm_score(ca_pred, ca_true)),
+            "residues": int(ca_true.shape[0]),
+        }
+    return _summary(per_chain)
+
+
+def _summary(per_chain: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Means over chains beside the per-chain scores."""
     return {
         "lddt_ca": float(np.mean([v["lddt_ca"] for v in per_chain.values()])),
         "tm_score": float(np.mean([v["tm_score"] for v in per_chain.values()])),

@@ -235,6 +235,36 @@ def test_atom_prediction_reads_its_own_residue_latent(dataset: ProteinDataset) -
     assert change[res != 5].max() == 0.0
 
 
+def test_rope_over_residue_latents_is_one_dimensional(dataset: ProteinDataset, monkeypatch) -> None:
+    """RoPE in the trunk rotates by the residue index alone (cell units: i + 0.5), whatever the
+    width of the atom features, so it fits a head of 16 channels; and it changes the output."""
+    import inrflow.model.network as network
+
+    ds = dataset
+    kw = dict(coord_dim=ds.coord_dim, num_latents=ds.max_residues)
+    on = build_model("tiny", "protein", rope=True, **kw)
+    assert on.config.rope_dim == 1 and on.config.head_dim == 16 < 2 * on.config.feature_dim
+    off = build_model("tiny", "protein", rope=False, **kw)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in on.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    off.load_state_dict(on.state_dict())
+    seen = []
+    real_tables = network.rope_tables
+    monkeypatch.setattr(
+        network, "rope_tables", lambda pos, *a: seen.append(pos) or real_tables(pos, *a)
+    )
+    ex = ds.example(0)
+    coords, values = ex["coords"][None], torch.randn(1, ds.num_atoms, 3)
+    with torch.no_grad():
+        a = on(coords, values, torch.tensor([0.4]), coords, values)
+        b = off(coords, values, torch.tensor([0.4]), coords, values)
+    (pos,) = seen
+    torch.testing.assert_close(pos, torch.arange(ds.max_residues).float()[:, None] + 0.5)
+    assert not torch.allclose(a, b)
+
+
 def test_value_embedding_sees_the_magnitude() -> None:
     """LN(W v) is blind to |v| (until its bias learns otherwise); the Fourier branch is not."""
     from inrflow.model.embeddings import ValueEmbedder

@@ -79,7 +79,10 @@ class INRFlowConfig:
     # embedding's LayerNorm hides the values' magnitude; positions (proteins) need it.
     value_fourier_freqs: int = 0
     value_fourier_max_log2: float = 4.0
-    rope: bool = False  # 2-D/3-D axial RoPE over pseudo-coordinates in the trunk (paper: XL)
+    # Axial RoPE over the latents' pseudo-coordinates in the trunk (paper: XL, 2-D/3-D). With
+    # residue latents it is 1-D over the residue index: trunk attention then sees sequence
+    # separation, which the low-frequency Fourier position of a residue hardly resolves.
+    rope: bool = False
     rope_theta: float = 100.0
 
     # --- conditioning --------------------------------------------------------------------------
@@ -127,8 +130,8 @@ class INRFlowConfig:
                 bad(f"latent_grid {self.latent_grid} must multiply to num_latents")
         if self.rope and not self.has_latent_positions:
             bad("rope needs latent positions (local/linear encoder with grid, random or kmeans++)")
-        if self.rope and self.head_dim < 2 * self.feature_dim:
-            bad(f"rope needs head_dim >= 2 * coord_dim, got {self.head_dim}")
+        if self.rope and self.head_dim < 2 * self.rope_dim:
+            bad(f"rope needs head_dim >= 2 * {self.rope_dim} (rotated axes), got {self.head_dim}")
         if self.num_freqs is None and self.hidden % (2 * self.feature_dim):
             bad(f"num_freqs=None needs 2*coord_dim to divide hidden ({self.hidden}); set num_freqs")
         if self.num_classes < 0 or self.cond_dim < 0:
@@ -150,6 +153,11 @@ class INRFlowConfig:
         if self.residue_vocab:
             return self.coord_dim - 1 + self.residue_embed_dim
         return self.coord_dim
+
+    @property
+    def rope_dim(self) -> int:
+        """Axes RoPE rotates: the residue index alone for residue latents, else every axis."""
+        return 1 if self.pseudo_coords == "residue" else self.feature_dim
 
     @property
     def head_dim(self) -> int:
