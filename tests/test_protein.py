@@ -351,10 +351,17 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
     argv += ["--max-residues", "176", "--sample-steps", "2", "--out", str(out), "--no-tensorboard"]
     assert train_main(argv) == 0
     scores = json.loads((out / "final_scores.json").read_text())
-    assert set(scores) == {"lddt_ca", "tm_score", "chains"} and len(scores["chains"]) == 1
+    assert set(scores) == {"lddt_ca", "tm_score", "chains", "train", "report"}
+    assert len(scores["chains"]) == 1 and len(scores["train"]["chains"]) == 9
     assert 0 <= scores["lddt_ca"] <= 1 and 0 < scores["tm_score"] <= 1
+    report = scores["report"]
+    assert set(report) == {"training", "held-out"}
+    for split in report.values():  # the model beside its baselines on both splits
+        assert set(split) == {"model", "untrained", "helix", "straight"}
+    assert report["held-out"]["model"]["chains"] == scores["chains"]
     (name,) = scores["chains"]
-    assert (out / "samples" / "final" / f"{name}_pred.pdb").exists()
+    assert (out / "samples" / "final" / "held-out" / f"{name}_pred.pdb").exists()
+    assert (out / "samples" / "final" / "training" / "traces.png").exists()
     pred = tmp_path / "pred"
     argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
     assert sample_main([*argv, "--device", "cpu"]) == 0
