@@ -368,3 +368,52 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
     again = json.loads((pred / "scores.json").read_text())
     assert list(again["chains"]) == [parse_structure(files[0]).name]
     assert parse_structure(next(pred.glob("*_pred.pdb"))).length == parse_structure(files[0]).length
+
+
+def test_train_with_residue_embeddings_from_a_folder(files, tmp_path) -> None:
+    """The path to real data: a folder of PDBs and per-residue embeddings computed elsewhere
+    (e.g. a protein language model), one [L, E] array per chain keyed by the file stem. Two
+    steps train; the embeddings are the last E coordinate channels and the model reads them."""
+    from inrflow.train.config import PRESETS, TrainConfig
+    from inrflow.train.trainer import Trainer
+
+    data = tmp_path / "pdbs"
+    data.mkdir()
+    for f in files[:10]:
+        shutil.copy(f, data)
+    chains = [parse_structure(f) for f in files[:10]]
+    e = 7
+    rng = np.random.default_rng(0)
+    emb = {c.name: rng.standard_normal((c.length, e)).astype(np.float32) for c in chains}
+    np.savez(tmp_path / "emb.npz", **emb)
+    cfg = TrainConfig(**PRESETS["protein"])
+    cfg.data, cfg.residue_embeddings = str(data), str(tmp_path / "emb.npz")
+    cfg.steps, cfg.batch_size, cfg.sample_steps, cfg.max_residues = 2, 2, 2, 176
+    cfg.out, cfg.tensorboard, cfg.ckpt_every = str(tmp_path / "run"), False, 0
+    trainer = Trainer(cfg)
+    try:
+        ds = trainer.dataset
+        assert len(ds) == 9 and len(ds.heldout()) == 1  # every 10th chain is held out
+        assert ds.coord_dim == 1 + NUM_ATOM_FEATURES + e and ds.num_atoms == ds.shape[0]
+        cfg_m = trainer.model_config
+        assert cfg_m.coord_dim == ds.coord_dim and cfg_m.residue_vocab == 0
+        assert cfg_m.num_latents == 176 and trainer.model.residue_embed is None
+        batch = next(iter(trainer.loader))
+        assert batch["coords"].shape == (2, ds.num_atoms, ds.coord_dim)
+        ex = ds.example(0)
+        res = ds.chain(0).atom_residue[ex["atom_index"]]
+        np.testing.assert_array_equal(
+            ex["coords"][: ex["num_real"], -e:].numpy(), emb[ds.chain(0).name][res]
+        )
+        summary = trainer.train()
+        assert summary["step"] == 2 and 0 <= summary["train_lddt_ca"] <= 1
+        model = trainer.sample_model()
+        coords, values = ex["coords"][None], torch.randn(1, ds.num_atoms, 3)
+        shuffled = coords.clone()
+        shuffled[..., -e:] = shuffled[..., -e:].flip(1)  # other residues' embeddings
+        with torch.no_grad():
+            a = model(coords, values, torch.tensor([0.5]), coords, values)
+            b = model(shuffled, values, torch.tensor([0.5]), shuffled, values)
+        assert (a - b).abs().max() > 1e-6  # the embeddings reach the velocity
+    finally:
+        trainer.close()
