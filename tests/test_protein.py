@@ -362,6 +362,14 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
     (name,) = scores["chains"]
     assert (out / "samples" / "final" / "held-out" / f"{name}_pred.pdb").exists()
     assert (out / "samples" / "final" / "training" / "traces.png").exists()
+    head, *rows = (out / "protein_scores.csv").read_text().splitlines()  # the learning curve
+    assert head.split(",")[:4] == [
+        "step",
+        "training_lddt_ca",
+        "training_tm_score",
+        "training_chains",
+    ]
+    assert len(rows) == 1 and rows[0].split(",")[0] == "3" and rows[0].split(",")[3] == "9"
     pred = tmp_path / "pred"
     argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
     assert sample_main([*argv, "--device", "cpu"]) == 0

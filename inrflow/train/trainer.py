@@ -50,8 +50,10 @@ __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 _FSDP_VIEW_WARNING = r"FSDP2-wrapped module .* returned a view tensor"
 
 
-# training chains scored at the end of a protein run (all of the bundled set's 45)
+# training chains scored at the end of a protein run (all of the bundled set's 45), and at
+# the periodic evaluations (--sample-every) that trace the learning curve
 SCORED_TRAIN_CHAINS = 64
+SCORED_TRAIN_CHAINS_PERIODIC = 12
 
 
 class NonFiniteLossError(RuntimeError):
@@ -687,16 +689,24 @@ class Trainer:
         self, tag: str, logger: MetricLogger | None, result: dict[str, Any] | None = None
     ) -> Path | None:
         """Sample one structure per held-out chain and per training chain (at most
-        ``SCORED_TRAIN_CHAINS``, evenly spread) with the EMA weights; score and write PDBs and
-        trace pictures. At the end of the run (``result`` given) the untrained model and the
-        idealised chains are scored too: a model that learns beats them on its training chains.
+        ``SCORED_TRAIN_CHAINS``, evenly spread; ``SCORED_TRAIN_CHAINS_PERIODIC`` before the
+        end) with the EMA weights; score, write PDBs and trace pictures, and append the means
+        to ``protein_scores.csv`` (the learning curve). At the end of the run (``result``
+        given) the untrained model and the idealised chains are scored too: a model that
+        learns beats them on its training chains.
 
         A collective (EMA gather); the work and the files are rank 0's.
         """
         from inrflow.folding import report_table, spaced, structure_report
 
         splits: dict[str, tuple[Any, list[int] | None]] = {
-            "training": (self.dataset, spaced(len(self.dataset), SCORED_TRAIN_CHAINS))
+            "training": (
+                self.dataset,
+                spaced(
+                    len(self.dataset),
+                    SCORED_TRAIN_CHAINS if result is not None else SCORED_TRAIN_CHAINS_PERIODIC,
+                ),
+            )
         }
         heldout = self.dataset.heldout() if self.dataset.split == "train" else None
         if heldout is not None and len(heldout):
@@ -730,6 +740,7 @@ class Trainer:
             logger.write(f"[inrflow] {msg}")
         else:
             self._say(msg)
+        _append_scores(self.out / "protein_scores.csv", self.step, report)
         if result is not None:
             main = report.get("held-out", report["training"])["model"]
             scores = {**main, "train": report["training"]["model"], "report": report}
@@ -750,6 +761,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _append_scores(path: Path, step: int, report: dict[str, Any]) -> None:
+    """One row per evaluation: step, then mean Cα lDDT and TM-score of the model per split."""
+    cols = [f"{split}_{m}" for split in report for m in ("lddt_ca", "tm_score", "chains")]
+    row = [str(step)]
+    for split in report.values():
+        s = split["model"]
+        row += [f"{s['lddt_ca']:.4f}", f"{s['tm_score']:.4f}", str(len(s["chains"]))]
+    new = not path.exists()
+    with path.open("a") as fh:
+        if new:
+            fh.write(",".join(["step", *cols]) + "\n")
+        fh.write(",".join(row) + "\n")
 
 
 def _cpus() -> int:
