@@ -347,7 +347,8 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
     for f in files[:10]:  # 9 train chains, 1 held out
         shutil.copy(f, data)
     out = tmp_path / "run"
-    argv = ["--preset", "protein", "--data", str(data), "--steps", "3", "--batch-size", "2"]
+    argv = ["--preset", "protein", "--data", str(data), "--steps", "4", "--batch-size", "2"]
+    argv += ["--sample-every", "2", "--ckpt-every", "0"]
     argv += ["--max-residues", "176", "--sample-steps", "2", "--out", str(out), "--no-tensorboard"]
     assert train_main(argv) == 0
     scores = json.loads((out / "final_scores.json").read_text())
@@ -369,7 +370,9 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
         "training_tm_score",
         "training_chains",
     ]
-    assert len(rows) == 1 and rows[0].split(",")[0] == "3" and rows[0].split(",")[3] == "9"
+    # one evaluation at step 2, one at the end (not a periodic one and the final one at step 4)
+    assert [r.split(",")[0] for r in rows] == ["2", "4"]
+    assert all(r.split(",")[3] == "9" for r in rows)
     pred = tmp_path / "pred"
     argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
     assert sample_main([*argv, "--device", "cpu"]) == 0

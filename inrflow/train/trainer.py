@@ -477,7 +477,10 @@ class Trainer:
                         continue
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         self.save_checkpoint()
-                    last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
+                    # sampled below (a protein run always scores its chains at the end)
+                    last = self.step == cfg.steps and (
+                        cfg.final_samples > 0 or self.dataset.domain == "protein"
+                    )
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
                         self.write_samples(logger)
             if window is not None:
