@@ -19,6 +19,7 @@ from inrflow.data.proteins import (
     AMINO_ACIDS,
     FEATURE_NAMES,
     NUM_ATOM_FEATURES,
+    Chain,
     ProteinDataset,
     atom_features,
     bundled_protein_files,
@@ -428,3 +429,88 @@ def test_train_with_residue_embeddings_from_a_folder(files, tmp_path) -> None:
         assert (a - b).abs().max() > 1e-6  # the embeddings reach the velocity
     finally:
         trainer.close()
+
+
+# --- scoring: idealised chains, the report -------------------------------------------------------
+
+
+def test_ideal_chains_have_the_peptide_spacing() -> None:
+    from inrflow.folding import CA_CA_DISTANCE, ideal_chain
+
+    for kind in ("helix", "straight"):
+        ca = ideal_chain(30, kind)
+        assert ca.shape == (30, 3)
+        steps = np.linalg.norm(np.diff(ca, axis=0), axis=1)
+        np.testing.assert_allclose(steps, CA_CA_DISTANCE, atol=0.05)
+    helix = ideal_chain(30, "helix")
+    i_3 = np.linalg.norm(helix[3:] - helix[:-3], axis=1)
+    i_4 = np.linalg.norm(helix[4:] - helix[:-4], axis=1)
+    # an α-helix: i->i+3 about 5.0-5.4 Å, i->i+4 about 6.2 Å (a straight chain: 11.4, 15.2)
+    assert np.all((i_3 > 4.8) & (i_3 < 5.6)) and np.all((i_4 > 5.8) & (i_4 < 6.6))
+    with pytest.raises(ValueError, match="kind"):
+        ideal_chain(5, "sheet")
+    with pytest.raises(ValueError, match="num_residues"):
+        ideal_chain(0)
+
+
+def _alanine_chain(ca: np.ndarray) -> Chain:
+    """A poly-alanine chain whose Cα atoms are ``ca``; the other heavy atoms sit near them."""
+    atoms, f = atom_features("ALA")
+    n = len(ca)
+    offsets = {a: np.eye(3)[k % 3] * (1 + k) * 0.3 for k, a in enumerate(atoms)}
+    xyz = np.concatenate(
+        [[ca[i] + (0 if a == "CA" else offsets[a]) for a in atoms] for i in range(n)]
+    )
+    return Chain(
+        name=f"helix{n}",
+        residues=np.full(n, AMINO_ACIDS.index("ALA")),
+        atom_residue=np.repeat(np.arange(n), len(atoms)),
+        atom_names=list(atoms) * n,
+        features=np.tile(f, (n, 1)),
+        xyz=xyz,
+        ca=np.arange(n) * len(atoms) + atoms.index("CA"),
+    )
+
+
+def test_ideal_chain_scores_are_the_metrics_of_the_ideal_trace() -> None:
+    from inrflow.folding import ideal_chain, ideal_chain_scores
+
+    helix = _alanine_chain(ideal_chain(40, "helix"))
+    other = _alanine_chain(ideal_chain(25, "straight") + np.array([0.0, 1.0, 0.0]))
+    ds = ProteinDataset("unused", chains=[helix, other])
+    s = ideal_chain_scores(ds, "helix")  # the helix scored against itself, rotated by its frame
+    assert s["chains"]["helix40"]["lddt_ca"] == pytest.approx(1.0)
+    assert s["chains"]["helix40"]["tm_score"] == pytest.approx(1.0, abs=1e-6)
+    straight = ideal_chain_scores(ds, "straight", [1])
+    assert list(straight["chains"]) == ["helix25"]  # chain 1 only (named by the helper)
+    assert (
+        straight["lddt_ca"] == pytest.approx(1.0)
+        and straight["chains"]["helix25"]["residues"] == 25
+    )
+    mixed = ideal_chain_scores(ds, "straight")
+    ca = helix.xyz[helix.ca]
+    expected = lddt(ideal_chain(40, "straight"), ca - ca.mean(0))
+    assert mixed["chains"]["helix40"]["lddt_ca"] == pytest.approx(expected)
+    assert mixed["lddt_ca"] == pytest.approx((expected + 1.0) / 2)
+
+
+def test_spaced_and_report_table() -> None:
+    from inrflow.folding import report_table, spaced
+
+    assert spaced(5, 12) == [0, 1, 2, 3, 4]
+    assert spaced(45, 12)[0] == 0 and spaced(45, 12)[-1] == 44 and len(spaced(45, 12)) == 12
+    with pytest.raises(ValueError):
+        spaced(3, 0)
+
+    def row(v: float, n: int) -> dict:
+        return {"lddt_ca": v, "tm_score": v / 2, "chains": dict.fromkeys(range(n))}
+
+    report = {
+        "training": {"model": row(0.6, 45), "helix": row(0.2, 45), "straight": row(0.08, 45)},
+        "held-out": {"model": row(0.15, 5), "helix": row(0.21, 5), "straight": row(0.07, 5)},
+    }
+    lines = report_table(report, "model (step 9)").splitlines()
+    assert "training chains (45)" in lines[0] and "held-out chains (5)" in lines[0]
+    assert lines[1].startswith("model (step 9)") and "0.600 / 0.300" in lines[1]
+    assert "0.150 / 0.075" in lines[1]
+    assert len(lines) == 4  # no untrained row when it was not scored
