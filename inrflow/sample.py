@@ -1,9 +1,13 @@
 """``sample.py``: generate from a checkpoint's EMA weights at any resolution or point count.
 
 Images: the encoder keeps the training-resolution context while the decoder is queried on the
-requested grid (``--resolution N`` or ``H W``). When each requested side is a multiple of the
-training side the context is the nested sub-grid of the fine grid, so both share their noise
-(DESIGN §6); otherwise the context is a separate training-resolution trajectory. Point clouds:
+requested grid (``--resolution N`` or ``H W``). By default (``--resolution-mode join``) only the
+training-resolution context is integrated until late in the trajectory; there the fine grid
+joins it, each query starting from the context state interpolated to it, and the decoder moves
+the queries to t = 1 (clean images at any size, fine-grid model calls only after the join).
+``--resolution-mode noise`` is the paper's scheme: every fine query starts from noise of its own
+(the context is the nested sub-grid of the fine grid when each side is a multiple of the training
+side, so both share their noise; otherwise a separate trajectory). Point clouds:
 the first ``N_train`` of the requested points are the context; a model trained with condition
 tokens (image-to-3D) takes them from ``--cond`` (an .npy/.npz of ``[M, Dc]`` or ``[B, M, Dc]``
 tokens), guided by ``--cfg-scale``.
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from inrflow.data.io import save_image_grid, save_ply
 from inrflow.model import INRFlow
 from inrflow.model.pseudo_coords import grid_coords
-from inrflow.sampling import nested_grid_index, sample
+from inrflow.sampling import RESOLUTION_MODES, grid_interpolator, nested_grid_index, sample
 from inrflow.train.checkpoint import load_ema_model
 
 __all__ = ["dataset_info", "generate", "image_shape", "load_ema_model", "main"]
@@ -124,10 +128,22 @@ def generate(
     batch_size: int = 64,
     chunk_size: int = 1 << 16,
     progress: bool = True,
+    resolution_mode: str = "join",
+    join_time: float | None = None,
 ) -> torch.Tensor:
     """``num`` samples ``[num, Q, c]`` (images row-major at ``resolution``, one side or ``H W``;
     point clouds of ``num_points``), drawn ``batch_size`` at a time from one seeded generator.
-    ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples."""
+    ``cond`` ``[C, M, Dc]`` condition tokens are cycled over the samples.
+
+    Images at another resolution than the training one: ``resolution_mode="join"`` integrates
+    the training-resolution context alone and lets the requested grid join it at
+    ``join_time`` (default: the last step), starting from the bilinearly interpolated context
+    state; ``"noise"`` starts every requested pixel from its own noise (the paper's scheme).
+    """
+    if resolution_mode not in RESOLUTION_MODES:
+        raise ValueError(
+            f"resolution_mode must be one of {RESOLUTION_MODES}, got {resolution_mode!r}"
+        )
     info = dataset_info(meta)
     cfg = model.config
     device = next(model.parameters()).device
@@ -138,8 +154,11 @@ def generate(
         hw = image_shape(meta, resolution)
         train_hw = tuple(train_shape[:2]) or hw
         queries = grid_coords(hw, cfg.coord_low, cfg.coord_high, device=device)
-        context = context_index = None
-        if hw != train_hw:
+        context = context_index = query_init = None
+        if hw != train_hw and resolution_mode == "join":
+            context = grid_coords(train_hw, cfg.coord_low, cfg.coord_high, device=device)
+            query_init = grid_interpolator(train_hw, hw)
+        elif hw != train_hw:
             factors = [divmod(f, t) for f, t in zip(hw, train_hw, strict=True)]
             if all(rest == 0 for _, rest in factors):  # a nested sub-grid: shared noise
                 context_index = nested_grid_index(train_hw, [f for f, _ in factors], device)
@@ -164,7 +183,7 @@ def generate(
             generator=g, chunk_size=chunk_size, progress=False, batch_size=b, cond=cnd
         )
         if is_image:
-            kw["context_index"] = context_index
+            kw.update(context_index=context_index, query_init=query_init, join_time=join_time)
             out = sample(model, context, queries, steps, method, scale, lab, **kw)
         else:
             noise = torch.randn(b, n, cfg.value_dim, generator=g, device=device)
@@ -219,6 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the training resolution)",
     )
     p.add_argument(
+        "--resolution-mode",
+        choices=RESOLUTION_MODES,
+        default="join",
+        help="images at another resolution than the training one: 'join' (default: only the "
+        "training-resolution context is integrated until the fine grid joins it late, from "
+        "its interpolated state: clean images) or 'noise' (every pixel starts from its own "
+        "noise, the paper's scheme)",
+    )
+    p.add_argument(
+        "--join-time",
+        type=float,
+        default=None,
+        help="with --resolution-mode join: the time in [0, 1) at which the fine grid joins "
+        "(default: the last step)",
+    )
+    p.add_argument(
         "--num-points",
         type=int,
         default=None,
@@ -270,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
         raise SystemExit("sample.py: --num-points must be >= 1")
+    if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
+        raise SystemExit("sample.py: --join-time must be in [0, 1)")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
         model, meta, ckpt = load_ema_model(args.ckpt, device, checksums=not args.no_checksums)
@@ -310,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        resolution_mode=args.resolution_mode,
+        join_time=args.join_time,
     )
     if info["domain"] == "image":
         hw = image_shape(meta, resolution)

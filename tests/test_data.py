@@ -271,7 +271,17 @@ def test_digits_dataset_and_its_classifier() -> None:
     assert acc16 > 0.95
     noise = torch.rand(300, 64, 1) * 2 - 1
     assert digits_classifier_accuracy(noise, torch.from_numpy(labels[:300]), 8) < 0.3
-    assert ds.evaluate_samples(real, torch.from_numpy(labels[:300]))["classifier_accuracy"] > 0.97
+    scores = ds.evaluate_samples(real, torch.from_numpy(labels[:300]))
+    assert scores["classifier_accuracy"] > 0.97
+    assert scores["within_class_diversity"] == pytest.approx(1.0, abs=0.1)  # real digits
+    assert scores["fd_digits"] < 5.0
+    # one sample per class repeated: as recognisable as those ten, with no diversity at all
+    firsts = torch.stack([real[int(np.flatnonzero(labels == k)[0])] for k in range(10)])
+    collapsed = ds.evaluate_samples(firsts.repeat(10, 1, 1), torch.arange(10).repeat(10))
+    assert collapsed["classifier_accuracy"] >= 0.9
+    assert (
+        collapsed["within_class_diversity"] == 0.0 and collapsed["fd_digits"] > scores["fd_digits"]
+    )
 
 
 def test_shapes_dataset() -> None:

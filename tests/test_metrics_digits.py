@@ -68,3 +68,77 @@ def test_digits_metrics_separate_real_from_noise() -> None:
     assert shuffled["digits-accuracy"] < 0.3
     assert shuffled["FD-digits"] == pytest.approx(good["FD-digits"], rel=1e-12)
     assert "accuracy" not in str(digits_metrics(real[:50], value_range=(-1, 1)).keys())
+
+
+def test_high_resolution_classifier_and_its_reference() -> None:
+    """Above 8x8 the classifier learns real digits upsampled bicubically: it recognises them,
+    and per-pixel noise (speckle) raises their FD to the reference monotonically."""
+    from inrflow.metrics.digits import upsample_digits
+
+    clf = digits_classifier(size=16)
+    assert clf is digits_classifier(size=16) and clf.size == 16 and clf.test_accuracy >= 0.95
+    images, labels = load_real_digits()
+    up = upsample_digits(images, 16)
+    assert up.shape == (1797, 16, 16) and up.min() >= 0.0 and up.max() <= 1.0
+    torch.testing.assert_close(upsample_digits(images[:5], 8), torch.from_numpy(images[:5]))
+    assert clf.accuracy(up, labels, (0, 1)) >= 0.97
+    gen = torch.Generator().manual_seed(0)
+    noise = torch.randn(400, 16, 16, generator=gen, dtype=torch.float64)
+    fds = [
+        digits_metrics((up[:400] + s * noise).clamp(0, 1), value_range=(0, 1), size=16)["FD-digits"]
+        for s in (0.0, 0.15, 0.3, 1.0)
+    ]
+    assert fds == sorted(fds) and fds[0] < 0.2 * fds[-1], fds  # more speckle, larger FD
+    # a 32x32 sample is area-averaged to the classifier's 16x16
+    big = upsample_digits(images[:300], 32)
+    assert clf.accuracy(big, labels[:300], (0, 1)) >= 0.95
+    with pytest.raises(ValueError, match="size"):
+        DigitsClassifier(size=4)
+
+
+def test_upsampling_residual_measures_detail_beyond_the_base() -> None:
+    from inrflow.metrics.digits import upsample_digits
+    from inrflow.metrics.images import upsampling_residual
+
+    images, _ = load_real_digits()
+    up = upsample_digits(images[:500], 32).float()
+    smooth = upsampling_residual(up, 8, (0, 1))
+    assert 0.02 < smooth < 0.07  # the bicubic round trip is not exact
+    assert upsampling_residual(torch.full((4, 32, 32), 0.3), 8, (0, 1)) == pytest.approx(
+        0, abs=1e-9
+    )
+    gen = torch.Generator().manual_seed(1)
+    # white noise of std s keeps ~15/16 of its variance (its 4x4-block means are removed); the
+    # value range (-1, 2) maps everything into [0, 1] by a factor 1/3, noise included
+    noisy = up + 0.2 * torch.randn(up.shape, generator=gen)
+    expected = np.sqrt((smooth / 3) ** 2 + (0.2 / 3) ** 2 * 15 / 16)
+    assert upsampling_residual(noisy, 8, (-1, 2)) == pytest.approx(expected, rel=0.05)
+    # pixel noise of std s on [0, 1] images adds about s
+    assert (
+        upsampling_residual(up * 0.5 + 0.25 + 0.1 * torch.randn(up.shape, generator=gen), 8, (0, 1))
+        > 0.09
+    )
+    with pytest.raises(ValueError, match="at least"):
+        upsampling_residual(torch.zeros(2, 6, 6), 8, (0, 1))
+
+
+def test_within_class_diversity() -> None:
+    from inrflow.metrics.digits import within_class_diversity
+
+    images, labels = load_real_digits()
+    assert within_class_diversity(images, labels, (0, 1)) == pytest.approx(1.0, rel=1e-12)
+    # one image per class, repeated: no spread at all
+    firsts = np.stack([images[labels == k][0] for k in range(10)])
+    assert within_class_diversity(np.repeat(firsts, 5, 0), np.repeat(np.arange(10), 5), (0, 1)) == 0
+    # a class subset is compared with the same classes of the real digits
+    sub = labels < 3
+    assert within_class_diversity(images[sub], labels[sub], (0, 1)) == pytest.approx(1.0)
+    # shrinking every image towards its class mean shrinks the figure by the same factor
+    means = {k: images[labels == k].mean(0) for k in range(10)}
+    centre = np.stack([means[k] for k in labels])
+    half = centre + 0.5 * (images - centre)
+    assert within_class_diversity(half, labels, (0, 1)) == pytest.approx(0.5, rel=1e-6)
+    with pytest.raises(ValueError, match="labels"):
+        within_class_diversity(images[:5], labels[:4], (0, 1))
+    with pytest.raises(ValueError, match="two or more"):
+        within_class_diversity(images[:3], np.array([0, 1, 2]), (0, 1))

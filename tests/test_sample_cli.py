@@ -170,3 +170,48 @@ def test_errors_are_clear(digits_run, tmp_path, capsys) -> None:
     for bad in (["1", "2", "3"], ["0"], ["8", "-1"]):
         with pytest.raises(SystemExit, match="--resolution"):
             main(["--ckpt", str(digits_run), "--resolution", *bad])
+
+
+def test_any_resolution_joins_the_training_context_or_starts_from_noise(digits_run) -> None:
+    """Default: the 32x32 grid joins the 8x8 context at the last step, so it carries none of its
+    own noise; the paper's per-query noise leaves speckle on the same model."""
+    from inrflow.metrics.images import upsampling_residual
+
+    model, meta, _ = load_ema_model(digits_run)
+    kw = dict(labels=torch.arange(10), steps=4, seed=2, progress=False)
+    low = generate(model, meta, 10, **kw).reshape(10, 1, 8, 8)
+    join = generate(model, meta, 10, resolution=32, **kw).reshape(10, 1, 32, 32)
+    noise = generate(model, meta, 10, resolution=32, resolution_mode="noise", **kw)
+    noise = noise.reshape(10, 1, 32, 32)
+    speckle = [upsampling_residual(x, 8, (-1, 1)) for x in (join, noise)]
+    assert speckle[0] < 0.5 * speckle[1], speckle
+    # the joined grid is the 8x8 sample (same seed: same context noise) brought to 32x32
+    coarse = torch.nn.functional.adaptive_avg_pool2d(join, 8)
+    assert (coarse - low).abs().mean() < 0.5 * (low - low.mean()).abs().mean()
+    early = generate(model, meta, 10, resolution=32, join_time=0.0, **kw).reshape(10, 1, 32, 32)
+    assert not torch.equal(early, join) and torch.isfinite(early).all()
+    with pytest.raises(ValueError, match="resolution_mode"):
+        generate(model, meta, 1, resolution=16, resolution_mode="bilinear", progress=False)
+
+
+def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path, capsys) -> None:
+    import json
+
+    from inrflow.metrics.evaluate import main as evaluate_main
+
+    out = tmp_path / "tab5.json"
+    argv = ["--checkpoint", str(digits_run), "--compare-upsampling", "--resolution", "16"]
+    argv += ["--num-samples", "20", "--steps", "2", "--out", str(out), "--no-progress"]
+    assert evaluate_main(argv) == 0
+    text = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    rows = report["comparison"]
+    assert list(rows) == ["native", "native, per-query noise", "bicubic", "bilinear"]
+    for name, row in rows.items():
+        assert name in text
+        assert set(row) == {"FD-digits", "KID-digits", "accuracy", "diversity", "speckle"}
+    assert rows["native"]["speckle"] < rows["native, per-query noise"]["speckle"]
+    assert report["settings"]["resolution"] == [16, 16] and out.with_suffix(".png").is_file()
+    assert report["settings"]["training_resolution"] == [8, 8]
+    assert evaluate_main(["--checkpoint", str(digits_run), "--compare-upsampling"]) == 2
+    assert "--resolution" in capsys.readouterr().err

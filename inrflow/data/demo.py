@@ -74,9 +74,24 @@ class DigitsDataset(CoordinateDataset):
         return {"values": self.values[index], "coords": self._coords, "label": self.labels[index]}
 
     def evaluate_samples(self, values: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
-        """Score generated digits ``[S, R*R, 1]`` asked for ``labels``: see
-        :func:`digits_classifier_accuracy`."""
-        return {"classifier_accuracy": digits_classifier_accuracy(values, labels, self.resolution)}
+        """Score generated digits ``[S, R*R, 1]`` asked for ``labels``: the classifier's
+        accuracy (:func:`digits_classifier_accuracy`) beside the within-class diversity
+        relative to the real digits (strong guidance buys accuracy with diversity) and the
+        Fréchet distance in the classifier's feature space (both from
+        :mod:`inrflow.metrics.digits`)."""
+        from inrflow.metrics.digits import digits_metrics, within_class_diversity
+
+        images = values.detach().float().cpu().reshape(-1, self.resolution, self.resolution, 1)
+        labels = labels.cpu()
+        scores = {
+            "classifier_accuracy": digits_classifier_accuracy(values, labels, self.resolution)
+        }
+        if len(images) >= 2 and torch.unique(labels).numel() < len(labels):
+            scores["within_class_diversity"] = within_class_diversity(images, labels, (-1.0, 1.0))
+            scores["fd_digits"] = float(
+                digits_metrics(images, value_range=(-1.0, 1.0))["FD-digits"]
+            )
+        return scores
 
 
 def digits_classifier_accuracy(

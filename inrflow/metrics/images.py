@@ -38,6 +38,7 @@ __all__ = [
     "load_array_file",
     "load_images",
     "to_unit_float",
+    "upsampling_residual",
 ]
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".webp", ".jpg", ".jpeg", ".ppm", ".pgm")
@@ -95,6 +96,32 @@ def to_unit_float(
     if not hi > lo:
         raise ValueError(f"value_range must have hi > lo, got {(lo, hi)}")
     return ((x.float() - lo) / (hi - lo)).clamp_(0.0, 1.0)
+
+
+def upsampling_residual(
+    images: torch.Tensor | np.ndarray,
+    base: int | Sequence[int],
+    value_range: Sequence[float] | None = None,
+) -> float:
+    """RMS of ``x - bicubic(area(x, base))`` over images larger than ``base`` (one side or
+    ``(H, W)``), values mapped to [0, 1]: what an image holds beyond its ``base`` resolution.
+
+    For samples generated above the training resolution this measures added detail or pixel
+    noise ("speckle"): independent pixel noise of std ``s`` adds about ``s``, while a smooth
+    upsampling of a ``base`` image scores near 0 (not exactly: area averaging does not invert
+    bicubic interpolation).
+    """
+    x = to_unit_float(images, value_range).double()
+    x = x.mean(1, keepdim=True) if x.shape[1] == 3 else x
+    bh, bw = (base, base) if isinstance(base, int) else (int(base[0]), int(base[1]))
+    h, w = x.shape[-2:]
+    if h < bh or w < bw:
+        raise ValueError(f"images must be at least {bh} x {bw}, got {h} x {w}")
+    coarse = torch.nn.functional.adaptive_avg_pool2d(x, (bh, bw))
+    smooth = torch.nn.functional.interpolate(
+        coarse, size=(h, w), mode="bicubic", align_corners=False
+    )
+    return float((x - smooth).pow(2).mean().sqrt())
 
 
 # ------------------------------------------------------------------------------------------------

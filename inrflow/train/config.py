@@ -235,8 +235,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         workers=4,
     ),
     # The one-command CPU demo: class-conditional 8x8 digits, ~0.2M parameters, 1200 steps.
-    # Measured on the 2-core machines: 100% of 500 CFG samples classified as the asked digit
-    # from 750 steps on. One intra-op thread: on a busy 2-core machine two OpenMP threads were
+    # CFG 1.5: on one checkpoint, 500 samples per scale gave (accuracy, within-class diversity
+    # relative to real digits, FD-digits) 1.0: 0.946/0.95/1.3, 1.5: 0.992/0.84/2.5,
+    # 2: 0.998/0.76/5.8, 3: 1.000/0.65/12.0 -- guidance beyond 1.5 buys little accuracy with
+    # much diversity. One intra-op thread: on a busy 2-core machine two OpenMP threads were
     # 5x slower than one. EMA 0.995 (not the paper's 0.999, whose ~1000-step memory still
     # remembers the untrained model at the end of so short a run).
     "digits": dict(
@@ -269,7 +271,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         sample_every=400,
         num_samples=100,
         sample_steps=25,
-        cfg_scale=3.0,
+        cfg_scale=1.5,
         final_samples=500,
         out="runs/digits",
     ),
