@@ -196,7 +196,7 @@ def plot_traces(
     chains = chains[:most]
     if not chains:
         raise ValueError("plot_traces: no chains to plot")
-    fig = plt.figure(figsize=(3.6 * len(chains), 3.9), dpi=110)
+    fig = plt.figure(figsize=(3.2 * len(chains), 3.6), dpi=110)
     for k, (name, pred, true) in enumerate(chains):
         tm, rot, trans = tm_score(pred, true, return_transform=True)
         moved = (torch.as_tensor(pred, dtype=torch.float64) @ rot.T + trans).numpy()
@@ -206,9 +206,10 @@ def plot_traces(
         colours = plt.cm.viridis(np.linspace(0, 1, len(moved)))
         for i in range(len(moved) - 1):
             ax.plot(*moved[i : i + 2].T, color=colours[i], lw=1.6)
-        ax.set_title(f"{name}\nlDDT {lddt(pred, true):.2f}  TM {tm:.2f}", fontsize=9)
+        ax.set_title(f"{name}\nlDDT {lddt(pred, true):.2f}  TM {tm:.2f}", fontsize=9, pad=0)
+        ax.set_box_aspect(None, zoom=1.35)
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=0.86, wspace=0)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
