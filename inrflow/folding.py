@@ -43,8 +43,11 @@ def predict_structures(
     method: str = "euler",
     seed: int = 0,
     batch_size: int = 8,
+    **solver: Any,
 ) -> list[dict[str, Any]]:
-    """Sample a structure for each chain ``indices`` of ``dataset`` (default all).
+    """Sample a structure for each chain ``indices`` of ``dataset`` (default all); ``solver``:
+    further options of :func:`inrflow.sampling.sample` (``time_shift``, ``atol``, ``rtol``,
+    ``stats``).
 
     Returns one dict per chain: ``name``, ``pred`` / ``true`` ``[A, 3]`` Å for the chain's real
     atoms (of its centre window when cropped), ``ca`` (indices of the Cα atoms among them),
@@ -58,7 +61,9 @@ def predict_structures(
         exs = [dataset.example(i) for i in indices[s : s + batch_size]]
         coords = torch.stack([e["coords"] for e in exs]).to(device)
         pred = (
-            sample(model, None, coords, steps, method, generator=g, progress=False).cpu().double()
+            sample(model, None, coords, steps, method, generator=g, progress=False, **solver)
+            .cpu()
+            .double()
             * dataset.position_scale
         )
         for j, (i, e) in enumerate(zip(indices[s : s + batch_size], exs, strict=True)):
@@ -87,15 +92,18 @@ def evaluate_structures(
     out_dir: str | Path | None = None,
     plot: str | Path | None = None,
     plot_chains: int = 4,
+    **solver: Any,
 ) -> dict[str, Any]:
     """Predict chains ``indices`` of ``dataset`` (default all) and score them: mean and
-    per-chain Cα lDDT / TM-score.
+    per-chain Cα lDDT / TM-score. ``solver``: see :func:`predict_structures`.
 
     With ``out_dir``, writes ``<name>_pred.pdb`` and ``<name>_true.pdb`` for each chain; with
     ``plot``, a PNG of the first ``plot_chains`` predicted Cα traces on the true ones
     (:func:`plot_traces`).
     """
-    preds = predict_structures(model, dataset, indices, steps=steps, method=method, seed=seed)
+    preds = predict_structures(
+        model, dataset, indices, steps=steps, method=method, seed=seed, **solver
+    )
     if plot is not None:
         plot_traces(
             [(p["name"], p["pred"][p["ca"]], p["true"][p["ca"]]) for p in preds],

@@ -18,6 +18,7 @@ scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,11 +30,30 @@ from tqdm.auto import tqdm
 
 from inrflow.data.io import save_image_grid, save_ply
 from inrflow.model import INRFlow
+from inrflow.model.pretrained import is_pretrained, load_pretrained, read_pretrained_config
 from inrflow.model.pseudo_coords import grid_coords
-from inrflow.sampling import RESOLUTION_MODES, grid_interpolator, nested_grid_index, sample
+from inrflow.sampling import (
+    DOPRI5_ATOL,
+    DOPRI5_RTOL,
+    METHODS,
+    RESOLUTION_MODES,
+    SolverStats,
+    grid_interpolator,
+    nested_grid_index,
+    resolution_shift,
+    sample,
+)
 from inrflow.train.checkpoint import load_ema_model
 
-__all__ = ["dataset_info", "generate", "image_shape", "load_ema_model", "main"]
+__all__ = [
+    "add_solver_arguments",
+    "dataset_info",
+    "generate",
+    "image_shape",
+    "load_ema_model",
+    "load_model",
+    "main",
+]
 
 DESCRIPTION = """\
 Generate samples from an inrflow checkpoint (EMA weights).
@@ -49,6 +69,17 @@ examples:
 """
 
 COND_KEYS = ("cond", "tokens", "condition")
+
+
+def load_model(
+    path: str | Path, device: str | torch.device = "cpu", checksums: bool = True
+) -> tuple[INRFlow, dict[str, Any], Path]:
+    """``(model, meta, source)`` of a training run or checkpoint folder (its EMA weights, by
+    :func:`load_ema_model`) or of an exported folder (:func:`inrflow.model.load_pretrained`);
+    ``meta`` holds ``step``, ``dataset`` and ``train_config`` either way."""
+    if is_pretrained(path):
+        return load_pretrained(path, device), read_pretrained_config(path), Path(path)
+    return load_ema_model(path, device, checksums=checksums)
 
 
 def load_condition(path: str | Path, cond_dim: int) -> torch.Tensor:
@@ -127,6 +158,11 @@ def generate(
     seed: int = 0,
     batch_size: int = 64,
     chunk_size: int = 1 << 16,
+    time_shift: float = 1.0,
+    shift_by_pairs: bool = False,
+    atol: float = DOPRI5_ATOL,
+    rtol: float = DOPRI5_RTOL,
+    stats: SolverStats | None = None,
     progress: bool = True,
     resolution_mode: str = "join",
     join_time: float | None = None,
@@ -139,6 +175,11 @@ def generate(
     the training-resolution context alone and lets the requested grid join it at
     ``join_time`` (default: the last step), starting from the bilinearly interpolated context
     state; ``"noise"`` starts every requested pixel from its own noise (the paper's scheme).
+
+    ``method``/``steps``/``time_shift``/``atol``/``rtol``: see :func:`inrflow.sampling.sample`;
+    ``shift_by_pairs`` multiplies ``time_shift`` by ``sqrt(Q / Q_train)``
+    (:func:`~inrflow.sampling.resolution_shift`, Q = pairs sampled, Q_train = pairs of a
+    training item). ``stats`` receives the NFE summed over the batches.
     """
     if resolution_mode not in RESOLUTION_MODES:
         raise ValueError(
@@ -170,6 +211,9 @@ def generate(
         n = num_points or n_train
         if not n:
             raise ValueError("point-cloud sampling needs a point count (the checkpoint has none)")
+    if shift_by_pairs:
+        pairs, train_pairs = (math.prod(hw), math.prod(train_hw)) if is_image else (n, n_train or n)
+        time_shift = resolution_shift(pairs, train_pairs, time_shift)
     outs = []
     bar = tqdm(total=num, desc="samples", unit="sample", disable=not progress)
     for start in range(0, num, batch_size):
@@ -179,8 +223,18 @@ def generate(
         if cond is not None:
             cnd = cond[torch.arange(start, start + b) % cond.shape[0]].to(device)
         scale = cfg_scale if lab is not None or cnd is not None else 1.0
+        # the per-step bar of the sampler under the per-batch one: one batch of a large image
+        # takes minutes, a bar over batches alone would sit at 0 all that time
         kw: dict[str, Any] = dict(
-            generator=g, chunk_size=chunk_size, progress=False, batch_size=b, cond=cnd
+            generator=g,
+            chunk_size=chunk_size,
+            progress=progress,
+            batch_size=b,
+            cond=cnd,
+            time_shift=time_shift,
+            atol=atol,
+            rtol=rtol,
+            stats=stats,
         )
         if is_image:
             kw.update(context_index=context_index, query_init=query_init, join_time=join_time)
@@ -197,6 +251,68 @@ def generate(
     return torch.cat(outs)
 
 
+def add_solver_arguments(p: argparse._ActionsContainer, default_steps: int) -> None:
+    """The sampler options shared by ``sample.py`` and ``evaluate.py``."""
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="euler",
+        help="sampler: euler|heun|sde (fixed steps) or dopri5 (adaptive, --atol/--rtol); "
+        "default euler",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=default_steps,
+        help=f"steps of the fixed-step samplers (NFE: steps, 2 x steps for heun); dopri5 uses "
+        f"it only to place the default join time of a fine grid; default {default_steps}",
+    )
+    p.add_argument(
+        "--time-shift",
+        type=float,
+        default=1.0,
+        help="shift of the fixed-step time grid as in SD3/diffusers (noise level sigma -> "
+        "s sigma / (1 + (s - 1) sigma)); > 1 puts more steps near the noise; default 1 (uniform)",
+    )
+    p.add_argument(
+        "--shift-by-resolution",
+        action="store_true",
+        help="multiply --time-shift by sqrt(pairs sampled / pairs of a training item) (SD3's "
+        "resolution-dependent shift)",
+    )
+    p.add_argument(
+        "--atol", type=float, default=DOPRI5_ATOL, help=f"dopri5 absolute tolerance ({DOPRI5_ATOL})"
+    )
+    p.add_argument(
+        "--rtol", type=float, default=DOPRI5_RTOL, help=f"dopri5 relative tolerance ({DOPRI5_RTOL})"
+    )
+
+
+def check_solver_arguments(args: argparse.Namespace) -> str | None:
+    """Why the sampler options of :func:`add_solver_arguments` are unusable, or None."""
+    if args.steps < 1:
+        return "--steps must be >= 1"
+    if not args.time_shift > 0:
+        return "--time-shift must be > 0"
+    if not (args.atol > 0 and args.rtol >= 0):
+        return "--atol must be > 0 and --rtol >= 0"
+    if args.method == "dopri5" and (args.time_shift != 1.0 or args.shift_by_resolution):
+        return "--time-shift and --shift-by-resolution apply to the fixed-step methods, not dopri5"
+    return None
+
+
+def solver_description(args: argparse.Namespace) -> str:
+    """The sampler of parsed options in words, for the log line before sampling."""
+    if args.method == "dopri5":
+        return f"dopri5 (atol {args.atol:g}, rtol {args.rtol:g})"
+    text = f"{args.method} {args.steps} steps"
+    if args.time_shift != 1.0 or args.shift_by_resolution:
+        text += f", time shift {args.time_shift:g}" + (
+            " x sqrt(pairs ratio)" if args.shift_by_resolution else ""
+        )
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="sample.py",
@@ -206,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ckpt",
         required=True,
-        help="a checkpoint folder (step_*), or a run folder: its newest valid checkpoint",
+        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
+        "folder exported by python -m inrflow.export",
     )
     p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     p.add_argument(
@@ -221,13 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="classifier-free guidance scale (default: the training run's)",
     )
-    p.add_argument("--steps", type=int, default=50, help="sampler steps (default 50)")
-    p.add_argument(
-        "--method",
-        choices=("euler", "heun", "sde"),
-        default="euler",
-        help="sampler (default euler)",
-    )
+    add_solver_arguments(p, default_steps=50)
     p.add_argument(
         "--resolution",
         type=int,
@@ -299,22 +410,31 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.num < 1 or args.steps < 1 or args.batch_size < 1:
-        raise SystemExit("sample.py: --num, --steps and --batch-size must be >= 1")
+    if args.num < 1 or args.batch_size < 1:
+        raise SystemExit("sample.py: --num and --batch-size must be >= 1")
+    if (err := check_solver_arguments(args)) is not None:
+        raise SystemExit(f"sample.py: {err}")
     if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
         raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
     if args.num_points is not None and args.num_points < 1:
         raise SystemExit("sample.py: --num-points must be >= 1")
+    if args.chunk_size < 1:
+        raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
+    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
+        raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
     if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
         raise SystemExit("sample.py: --join-time must be in [0, 1)")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_ema_model(args.ckpt, device, checksums=not args.no_checksums)
-    except FileNotFoundError as exc:
+        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
     info = meta["dataset"]
     if info["domain"] == "protein":
+        _check_output(args.out, folder=True, flag="--out")
         return _sample_proteins(args, model, meta, ckpt)
+    _check_output(args.out, folder=info["domain"] != "image", flag="--out")
+    _check_output(args.npz, folder=False, flag="--npz")
     try:
         labels = _parse_labels(args.labels, args.num, model.config.num_classes)
         cond = None
@@ -328,11 +448,12 @@ def main(argv: list[str] | None = None) -> int:
     if cfg_scale is None:
         cfg_scale = float(meta.get("train_config", {}).get("cfg_scale", 1.0))
     print(
-        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, {args.method} "
-        f"{args.steps} steps, CFG "
+        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, "
+        f"{solver_description(args)}, CFG "
         f"{cfg_scale if labels is not None or cond is not None else 'off'}",
         flush=True,
     )
+    stats = SolverStats()
     out = generate(
         model,
         meta,
@@ -347,9 +468,21 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
+        time_shift=args.time_shift,
+        shift_by_pairs=args.shift_by_resolution,
+        atol=args.atol,
+        rtol=args.rtol,
+        stats=stats,
         resolution_mode=args.resolution_mode,
         join_time=args.join_time,
     )
+    print(f"[inrflow] {stats.describe()}", flush=True)
+    bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())
+    if bad:
+        raise SystemExit(
+            f"sample.py: {bad} of {out.shape[0]} samples contain NaN or infinite values (the "
+            f"checkpoint's weights or the sampler settings are broken); nothing was written"
+        )
     if info["domain"] == "image":
         hw = image_shape(meta, resolution)
         path = Path(args.out or "samples.png")
@@ -373,6 +506,20 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"[inrflow] wrote {path}", flush=True)
     return 0
+
+
+def _check_output(path: str | None, folder: bool, flag: str) -> None:
+    """Refuse an output path of the wrong kind before sampling (not after minutes of work)."""
+    if path is None:
+        return
+    p = Path(path)
+    if folder and p.exists() and not p.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p} is a file; these samples are written to a folder")
+    if not folder and p.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p} is a folder; give a file name")
+    parent = next((q for q in p.parents if q.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
 
 
 def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt: Any) -> int:
@@ -402,9 +549,20 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
         )
     out = Path(args.out or "predicted")
     print(f"[inrflow] {ckpt} (step {meta['step']}): {len(ds)} chains from {source}", flush=True)
+    stats = SolverStats()
     scores = evaluate_structures(
-        model, ds, steps=args.steps, method=args.method, seed=args.seed, out_dir=out
+        model,
+        ds,
+        steps=args.steps,
+        method=args.method,
+        seed=args.seed,
+        out_dir=out,
+        time_shift=args.time_shift,
+        atol=args.atol,
+        rtol=args.rtol,
+        stats=stats,
     )
+    print(f"[inrflow] {stats.describe()}", flush=True)
     for name, s in scores["chains"].items():
         print(
             f"  {name}: {s['residues']} residues, Cα lDDT {s['lddt_ca']:.3f}, "

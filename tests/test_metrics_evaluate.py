@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,43 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     )
     assert rc == 0, text
     assert report is not None and report["settings"]["kind"] == "digits"
+    assert report["settings"]["nfe_per_batch"] == 1 and "NFE 1 per batch" in text
+    rc, text, report = _run(
+        [
+            "--checkpoint",
+            str(tmp_path / "run"),
+            "--num-samples",
+            "4",
+            "--method",
+            "heun",
+            "--steps",
+            "2",
+            "--time-shift",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
+    assert rc == 0 and report["settings"]["nfe_per_batch"] == 4
+    assert report["settings"]["time_shift"] == 2.0
+    rc, text, _ = _run(
+        ["--checkpoint", str(tmp_path / "run"), "--method", "dopri5", "--time-shift", "2"], capsys
+    )
+    assert rc == 2 and "not dopri5" in text
+    # likelihood only: bits per dimension of real digits, exact and Hutchinson divergence
+    bpd = {}
+    for extra in ([], ["--hutchinson", "2"]):
+        argv = ["--checkpoint", str(tmp_path / "run"), "--num-samples", "0", "--bpd", "3"]
+        argv += ["--bpd-method", "heun", "--bpd-steps", "2", "--out", str(out), *extra]
+        rc, text, report = _run(argv, capsys)
+        assert rc == 0, text
+        m = report["metrics"]
+        assert m["bpd-num"] == 3 and m["bpd-nfe-per-batch"] == 4 and math.isfinite(m["bpd"])
+        bpd[m["bpd-divergence"]] = m["bpd"]
+    assert set(bpd) == {"exact", "hutchinson-2"}
+    rc, text, _ = _run(["--samples", "x.npz", "--bpd", "3"], capsys)
+    assert rc == 2 and "--bpd N needs --checkpoint" in text
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -339,7 +339,7 @@ def test_task_protein_alone_is_the_bundled_demo() -> None:
     assert parse_args(["--task", "protein", "--data", "x"]).data == "x"
 
 
-def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
+def test_train_and_sample_protein_end_to_end(files, tmp_path, capsys) -> None:
     from inrflow.sample import main as sample_main
     from inrflow.train.cli import main as train_main
 
@@ -376,7 +376,9 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path) -> None:
     assert all(r.split(",")[3] == "9" for r in rows)
     pred = tmp_path / "pred"
     argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
+    capsys.readouterr()
     assert sample_main([*argv, "--device", "cpu"]) == 0
+    assert "NFE 2" in capsys.readouterr().out  # every sampling run reports its model calls
     again = json.loads((pred / "scores.json").read_text())
     assert list(again["chains"]) == [parse_structure(files[0]).name]
     assert parse_structure(next(pred.glob("*_pred.pdb"))).length == parse_structure(files[0]).length

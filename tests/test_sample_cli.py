@@ -172,6 +172,92 @@ def test_errors_are_clear(digits_run, tmp_path, capsys) -> None:
             main(["--ckpt", str(digits_run), "--resolution", *bad])
 
 
+def test_solver_options_and_the_nfe_is_reported(digits_run, tmp_path, capsys) -> None:
+    png = str(tmp_path / "s.png")
+    base = ["--ckpt", str(digits_run), "--num", "4", "--batch-size", "2", "--out", png]
+    assert main([*base, "--method", "heun", "--steps", "3"]) == 0
+    assert "NFE 6 per batch (12 over 2 batches)" in capsys.readouterr().out
+    assert main([*base, "--method", "dopri5", "--atol", "1e-2", "--rtol", "1e-2"]) == 0
+    text = capsys.readouterr().out
+    assert "dopri5 (atol 0.01, rtol 0.01)" in text and "NFE " in text
+    argv = [*base, "--steps", "4", "--time-shift", "3", "--shift-by-resolution"]
+    assert main([*argv, "--resolution", "16"]) == 0
+    assert "time shift 3 x sqrt(pairs ratio)" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="--time-shift"):
+        main([*base, "--time-shift", "0"])
+    with pytest.raises(SystemExit, match="not dopri5"):
+        main([*base, "--method", "dopri5", "--time-shift", "2"])
+    with pytest.raises(SystemExit, match="--atol"):
+        main([*base, "--method", "dopri5", "--atol", "0"])
+
+
+def test_generate_resolution_shift_is_the_shifted_grid(digits_run) -> None:
+    """``shift_by_pairs`` at 16 x 16 from an 8 x 8 run is the grid shifted by 2 x time_shift."""
+    from inrflow.sampling import SolverStats
+
+    model, meta, _ = load_ema_model(digits_run)
+    kw = dict(steps=3, resolution=16, progress=False, labels=torch.tensor([1, 2, 3]))
+    auto = generate(model, meta, 3, time_shift=1.5, shift_by_pairs=True, **kw)
+    fixed = generate(model, meta, 3, time_shift=3.0, **kw)
+    plain = generate(model, meta, 3, **kw)
+    torch.testing.assert_close(auto, fixed)
+    assert not torch.allclose(auto, plain)
+    stats = SolverStats()
+    generate(model, meta, 3, method="dopri5", batch_size=2, stats=stats, **kw)
+    assert stats.calls == 2 and stats.nfe >= 2 * 8
+
+
+def test_export_round_trip(digits_run, tmp_path, capsys) -> None:
+    """EMA weights -> safetensors + JSON -> the same model, samples and CLI, without DCP."""
+    import json
+    import subprocess
+    import sys
+
+    from inrflow.export import main as export_main
+    from inrflow.model import load_pretrained
+    from inrflow.model.pretrained import WEIGHTS_FILE
+
+    out = tmp_path / "export"
+    assert export_main(["--ckpt", str(digits_run), "--out", str(out)]) == 0
+    assert "EMA weights" in capsys.readouterr().out
+    ema, meta, _ = load_ema_model(digits_run)
+    model = load_pretrained(out)
+    assert model.config == ema.config and not model.training
+    ref = ema.state_dict()
+    got = model.state_dict()
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert torch.equal(got[k], ref[k]), k
+    config = json.loads((out / "config.json").read_text())
+    assert config["step"] == meta["step"] and config["dataset"] == meta["dataset"]
+    kw = dict(steps=2, progress=False, labels=torch.tensor([4, 5]))
+    torch.testing.assert_close(
+        generate(model, config, 2, cfg_scale=2.0, **kw), generate(ema, meta, 2, cfg_scale=2.0, **kw)
+    )
+    # sample.py takes the exported folder like a run folder (same seed -> same samples)
+    npz = [tmp_path / "a.npz", tmp_path / "b.npz"]
+    for ckpt, path in zip((out, digits_run), npz, strict=True):
+        argv = ["--ckpt", str(ckpt), "--num", "3", "--steps", "2", "--out", str(tmp_path / "s.png")]
+        assert main([*argv, "--npz", str(path)]) == 0
+    np.testing.assert_array_equal(np.load(npz[0])["samples"], np.load(npz[1])["samples"])
+    # loading needs neither the trainer nor torch.distributed.checkpoint
+    code = (
+        "import sys; sys.modules['torch.distributed.checkpoint'] = None; "
+        "sys.modules['inrflow.train'] = None; from inrflow.model import load_pretrained; "
+        f"m = load_pretrained({str(out)!r}); print(type(m).__name__)"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert res.returncode == 0 and res.stdout.strip() == "INRFlow", res.stderr[-2000:]
+    # damaged exports fail clearly
+    (out / WEIGHTS_FILE).unlink()
+    with pytest.raises(SystemExit, match="no valid checkpoint"):
+        main(["--ckpt", str(out)])
+    with pytest.raises(SystemExit, match="training run"):  # would overwrite its config.json
+        export_main(["--ckpt", str(digits_run), "--out", str(digits_run)])
+    with pytest.raises(FileNotFoundError, match="not an exported model"):
+        load_pretrained(out)
+
+
 def test_any_resolution_joins_the_training_context_or_starts_from_noise(digits_run) -> None:
     """Default: the 32x32 grid joins the 8x8 context at the last step, so it carries none of its
     own noise; the paper's per-query noise leaves speckle on the same model."""

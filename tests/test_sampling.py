@@ -15,7 +15,15 @@ import torch
 from torch import nn
 
 from inrflow.model import grid_coords
-from inrflow.sampling import grid_interpolator, integrate, nested_grid_index, sample, time_grid
+from inrflow.sampling import (
+    SolverStats,
+    grid_interpolator,
+    integrate,
+    nested_grid_index,
+    resolution_shift,
+    sample,
+    time_grid,
+)
 
 MUS = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
 COVS = torch.stack(
@@ -57,7 +65,9 @@ def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 N_SAMPLES = 20000
 
 
-@pytest.mark.parametrize("method, steps", [("euler", 100), ("heun", 25), ("sde", 250)])
+@pytest.mark.parametrize(
+    "method, steps", [("euler", 100), ("heun", 25), ("sde", 250), ("dopri5", 0)]
+)
 def test_sampler_reproduces_gmm_moments(method: str, steps: int) -> None:
     g = torch.Generator().manual_seed(1)
     x0 = torch.randn(N_SAMPLES, 2, generator=g)
@@ -235,6 +245,162 @@ def test_sample_separate_context_matches_plain_run() -> None:
 
 
 # ------------------------------------------------------------------------------------------------
+# Adaptive solver, time grids and NFE
+# ------------------------------------------------------------------------------------------------
+
+# A linear ODE dx/dt = M x with a rotation and a decay: x(1) = expm(M (1 - t0)) x(t0) exactly.
+LIN_M = torch.tensor([[-0.5, 3.0], [-3.0, -0.5]], dtype=torch.float64)
+
+
+def linear_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
+    return x @ LIN_M.T.to(x.dtype)
+
+
+def linear_exact(x0: torch.Tensor, t0: float) -> torch.Tensor:
+    return x0 @ torch.linalg.matrix_exp(LIN_M * (1 - t0)).T.to(x0.dtype)
+
+
+@pytest.mark.parametrize("tol", [1e-3, 1e-5, 1e-7])
+def test_dopri5_matches_exact_linear_solution(tol: float) -> None:
+    x0 = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    stats = SolverStats()
+    out = integrate(linear_velocity, x0, 0, "dopri5", atol=tol, rtol=tol, stats=stats)
+    err = (out - linear_exact(x0, 1e-4)).abs().max().item()
+    # The global error of a tolerance-controlled solve stays within a small multiple of it.
+    assert err < 20 * tol, (tol, err)
+    assert stats.calls == 1 and stats.steps >= 1
+    assert stats.nfe == 2 + 6 * (stats.steps + stats.rejected)
+
+
+def test_dopri5_fewer_evaluations_for_looser_tolerance_and_error_shrinks() -> None:
+    x0 = torch.randn(8, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    exact = linear_exact(x0, 1e-4)
+    nfe, errs = [], []
+    for tol in (1e-2, 1e-4, 1e-6, 1e-8):
+        s = SolverStats()
+        out = integrate(linear_velocity, x0, 0, "dopri5", atol=tol, rtol=tol, stats=s)
+        nfe.append(s.nfe)
+        errs.append((out - exact).abs().max().item())
+    assert nfe == sorted(nfe) and nfe[0] < nfe[-1], nfe
+    assert errs[-1] < errs[0] / 1e4, errs
+
+
+def test_dopri5_ends_exactly_at_one_like_the_fixed_step_methods() -> None:
+    for method in ("heun", "dopri5"):
+        seen: list[float] = []
+
+        def v(x: torch.Tensor, t: float, seen: list[float] = seen) -> torch.Tensor:
+            seen.append(t)
+            return linear_velocity(x, t)
+
+        integrate(v, torch.ones(1, 2, dtype=torch.float64), 10, method)
+        assert seen[0] == 1e-4 and max(seen) == 1.0 and min(seen) == 1e-4, (method, seen[-3:])
+
+
+def test_dopri5_per_sample_error_control() -> None:
+    """One fast-varying sample in a batch sets the step: its error is controlled too."""
+    rates = torch.tensor([[1.0], [1.0], [1.0], [40.0]], dtype=torch.float64)
+
+    def v(x: torch.Tensor, t: float) -> torch.Tensor:
+        return -rates * x
+
+    x0 = torch.ones(4, 3, dtype=torch.float64)
+    out = integrate(v, x0, 0, "dopri5", atol=1e-6, rtol=1e-6)
+    exact = torch.exp(-rates * (1 - 1e-4)) * x0
+    assert (out - exact).abs().max() < 1e-5
+
+
+def test_dopri5_rejects_bad_tolerances_and_shift() -> None:
+    x0 = torch.ones(1, 2)
+    with pytest.raises(ValueError, match="atol"):
+        integrate(linear_velocity, x0, 0, "dopri5", atol=0.0)
+    with pytest.raises(ValueError, match="time_shift"):
+        integrate(linear_velocity, x0, 0, "dopri5", time_shift=3.0)
+    with pytest.raises(RuntimeError, match="max_steps"):
+        integrate(linear_velocity, x0, 0, "dopri5", atol=1e-12, rtol=0.0, max_steps=3)
+
+
+@pytest.mark.parametrize(
+    "method, steps, nfe", [("euler", 7, 7), ("heun", 7, 14), ("sde", 7, 7), ("euler", 1, 1)]
+)
+def test_fixed_step_nfe(method: str, steps: int, nfe: int) -> None:
+    s = SolverStats()
+    integrate(linear_velocity, torch.ones(2, 2), steps, method, stats=s)
+    integrate(linear_velocity, torch.ones(2, 2), steps, method, stats=s)
+    assert (s.nfe, s.steps, s.calls, s.rejected) == (2 * nfe, 2 * steps, 2, 0)
+    assert s.nfe_per_call == nfe
+
+
+def test_time_grid_shift() -> None:
+    uniform = time_grid(4)
+    assert uniform == pytest.approx([1e-4 + (1 - 1e-4) * k / 4 for k in range(5)])
+    for shift in (0.5, 3.0):
+        ts = time_grid(10, shift=shift)
+        assert ts[0] == 1e-4 and ts[-1] == 1.0 and ts == sorted(ts)
+        # diffusers' FlowMatchEulerDiscreteScheduler: sigma' = s sigma / (1 + (s - 1) sigma)
+        for k, t in enumerate(ts):
+            sigma = 1 - k / 10
+            ref = 1 - shift * sigma / (1 + (shift - 1) * sigma)
+            assert t == pytest.approx(1e-4 + (1 - 1e-4) * ref, abs=1e-12)
+    # shift > 1 puts more steps near the noise (t = 0): the first step is shorter
+    assert time_grid(10, shift=3.0)[1] < uniform[1] / 2 < time_grid(10, shift=0.5)[1]
+    assert time_grid(10, shift=1.0) == time_grid(10)
+    with pytest.raises(ValueError, match="shift"):
+        time_grid(10, shift=0.0)
+
+
+def test_resolution_shift() -> None:
+    assert resolution_shift(64, 64) == 1.0
+    assert resolution_shift(256, 64) == pytest.approx(2.0)
+    assert resolution_shift(1024 * 1024, 256 * 256, base_shift=1.5) == pytest.approx(6.0)
+    with pytest.raises(ValueError):
+        resolution_shift(0, 64)
+
+
+def test_shifted_grid_euler_converges_on_gmm() -> None:
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randn(4000, 2, generator=g)
+    fine = integrate(gmm_velocity, x0, 400, "euler")
+    errs = [
+        (integrate(gmm_velocity, x0, n, "euler", time_shift=3.0) - fine).abs().mean().item()
+        for n in (10, 40)
+    ]
+    assert errs[1] < errs[0] / 2.5, errs  # first order: 4x the steps, ~4x smaller error
+
+
+def test_sample_dopri5_cfg_chunked_nested() -> None:
+    """dopri5 through `sample`: CFG's exact guided mean, chunking-invariance, nested context."""
+    model = GaussianClassModel()
+    labels = torch.tensor([0, 1])
+    outs, stats = [], []
+    for chunk in (100, 10**6):
+        s = SolverStats()
+        outs.append(
+            sample(
+                model,
+                None,
+                torch.zeros(2000, 1),
+                0,
+                "dopri5",
+                cfg_scale=2.0,
+                labels=labels,
+                generator=torch.Generator().manual_seed(0),
+                chunk_size=chunk,
+                context_index=torch.arange(0, 2000, 2),
+                atol=1e-4,
+                rtol=1e-4,
+                stats=s,
+                progress=False,
+            )
+        )
+        stats.append(s)
+    torch.testing.assert_close(outs[0], outs[1])
+    assert stats[0].nfe == stats[1].nfe > 0
+    for i in range(2):
+        assert torch.allclose(outs[0][i].mean(0), 2.0 * model.MU[labels[i]], atol=0.1)
+    assert model.encode_batches == [4] * (stats[0].nfe + stats[1].nfe)  # one 2B forward per NFE
+
+
 # any-resolution sampling: queries joining a training-resolution context late
 # ------------------------------------------------------------------------------------------------
 
@@ -393,3 +559,33 @@ def test_integrate_over_explicit_times_splits_a_run() -> None:
     torch.testing.assert_close(split, whole)
     with pytest.raises(ValueError, match="increasing"):
         integrate(gmm_velocity, x0, 0, times=[0.5, 0.2])
+
+
+def test_dopri5_over_pieces_of_the_interval() -> None:
+    """Late-joining queries split the integration at a grid time: dopri5 integrates each piece
+    from its first to exactly its last time, and the pieces compose to the whole solve."""
+    x0 = torch.randn(4, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    kw = dict(atol=1e-9, rtol=1e-9)
+    half = integrate(linear_velocity, x0, 0, "dopri5", times=[1e-4, 0.5], **kw)
+    whole = integrate(linear_velocity, half, 0, "dopri5", times=[0.5, 1.0], **kw)
+    exact_half = x0 @ torch.linalg.matrix_exp(LIN_M * (0.5 - 1e-4)).T
+    torch.testing.assert_close(half, exact_half, atol=1e-7, rtol=0)
+    torch.testing.assert_close(whole, linear_exact(x0, 1e-4), atol=1e-7, rtol=0)
+
+
+def test_sample_counts_a_late_join_as_one_call() -> None:
+    model = GaussianClassModel()
+    stats = SolverStats()
+    ctx = torch.zeros(50, 1)
+    sample(
+        model,
+        ctx,
+        torch.zeros(200, 1),
+        10,
+        "heun",
+        labels=torch.tensor([0]),
+        query_init=lambda c: c.repeat(1, 4, 1),
+        stats=stats,
+        progress=False,
+    )
+    assert (stats.calls, stats.nfe, stats.steps) == (1, 20, 10)

@@ -7,6 +7,7 @@ A dataset item is a dict::
                              coordinates are their values)
     label   int64            class index (0 when the dataset has no classes)
     skipped int64            unreadable files passed over to produce this item
+    skipped_index list[int]  their indices (the trainer counts distinct files, not events)
 
 Items are addressed by ``(index, seed)``: the seed (from :class:`~inrflow.data.StreamSampler`)
 drives every random choice of the item (flip, point subset), so an item is a pure function of its
@@ -67,25 +68,26 @@ class CoordinateDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         index, seed = key if isinstance(key, tuple) else (int(key), int(key))
-        skipped = 0
+        skipped: list[int] = []
         n = len(self)
         for attempt in range(self.max_consecutive_failures + 1):
             i = (index + attempt) % n
             try:
                 item = self.load(i, np.random.default_rng(seed))
             except Exception as exc:  # any unreadable file: report its path, take the next one
-                skipped += 1
+                skipped.append(i)
                 warnings.warn(
                     f"skipping unreadable {self.describe(i)}: {type(exc).__name__}: {exc}",
                     DataWarning,
                     stacklevel=2,
                 )
                 continue
-            item["skipped"] = skipped
+            item["skipped"] = len(skipped)
+            item["skipped_index"] = skipped
             return item
         raise UnreadableFileError(
-            f"{skipped} consecutive items starting at {self.describe(index)} could not be read; "
-            "the dataset looks broken"
+            f"{len(skipped)} consecutive items starting at {self.describe(index)} could not be "
+            "read; the dataset looks broken"
         )
 
     # -- helpers for subclasses ------------------------------------------------------------------

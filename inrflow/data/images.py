@@ -14,9 +14,28 @@ from inrflow.model.pseudo_coords import grid_coords
 
 from .base import CoordinateDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_resize"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_resize", "decode_image"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+
+
+# Pillow's integer grey modes: 16-bit PNG/TIFF greys open as "I;16*" (or "I" in older Pillow).
+# Converting them to "L" clips every value above 255 to white instead of scaling.
+_WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def decode_image(img: Image.Image, channels: int) -> tuple[Image.Image, float]:
+    """``(image, full-scale value)``: 8-bit ``L``/``RGB`` images (full scale 255), or for 16-bit
+    greys a float ``F`` image of the raw values with full scale 65535 (the true bit depth, so a
+    0..65535 ramp maps to 0..1 rather than being clipped). A 32-bit ``I`` image whose values
+    exceed 16 bits is scaled by 2**31 - 1. ``channels`` is 1 or 3; a grey ``F`` image stays one
+    channel (repeat it for RGB)."""
+    if img.mode in _WIDE_GREY_MODES:
+        wide = img.convert("F")
+        lo, hi = wide.getextrema()
+        full = 65535.0 if img.mode != "I" or (lo >= 0 and hi <= 65535) else float(2**31 - 1)
+        return wide, full
+    return img.convert("RGB" if channels == 3 else "L"), 255.0
 
 
 def center_crop_resize(img: Image.Image, resolution: int) -> Image.Image:
@@ -94,12 +113,17 @@ class ImageFolderDataset(CoordinateDataset):
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         path, label = self.files[index]
         with Image.open(path) as img:
-            img = img.convert("RGB" if self.value_dim == 3 else "L")
+            img, full = decode_image(img, self.value_dim)
             img = center_crop_resize(img, self.resolution)
         arr = np.asarray(img, dtype=np.float32).reshape(self.resolution, self.resolution, -1)
+        if arr.shape[-1] != self.value_dim:  # a 16-bit grey image in an RGB dataset
+            arr = np.repeat(arr, self.value_dim, axis=-1)
         if self.hflip and rng.random() < 0.5:
             arr = arr[:, ::-1]
-        values = self._tensor(arr.reshape(-1, self.value_dim) / 127.5 - 1.0)
+        if full == 255.0:  # the 8-bit path exactly as before
+            values = self._tensor(arr.reshape(-1, self.value_dim) / 127.5 - 1.0)
+        else:
+            values = self._tensor(np.clip(arr.reshape(-1, self.value_dim) / full, 0, 1) * 2 - 1)
         return {"values": values, "coords": self._coords, "label": torch.tensor(label)}
 
 

@@ -103,7 +103,8 @@ class FlowCollate:
     [B, M, Dc] condition tokens and ``cond_drop`` [B] (samples whose tokens the model replaces
     by its null token, probability ``label_dropout``) when the items carry tokens, ``t`` [B],
     ``noise`` [B, N, c], ``query_index`` [B, Q] / ``context_index`` [B, M] (absent when all
-    pairs are used), ``skipped`` (unreadable files passed over, a scalar).
+    pairs are used), ``skipped`` (unreadable files passed over, a scalar) and ``skipped_index``
+    (their dataset indices, 1-D int64; a file met in several items is listed each time).
     """
 
     def __init__(
@@ -157,6 +158,9 @@ class FlowCollate:
             out["cond"] = torch.stack([torch.as_tensor(it["cond"]).float() for it in items])
             out["cond_drop"] = cond_drop
         out["skipped"] = torch.tensor(sum(int(it["skipped"]) for it in items))
+        out["skipped_index"] = torch.tensor(
+            [i for it in items for i in it.get("skipped_index", ())], dtype=torch.long
+        )
         return out
 
 

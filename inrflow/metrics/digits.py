@@ -6,7 +6,7 @@ not depend on the machine's thread count) in well under a second. It gives two n
 generated digits:
 
 - ``digits-accuracy``: the fraction of class-conditional samples that the classifier labels as
-  the class they were asked for (issue 5's quality bar: >= 80% of 500 CFG samples);
+  the class they were asked for;
 - ``FD-digits``: the Fréchet distance between samples and real digits in the classifier's hidden
   feature space, a domain-specific "FID" for 8 x 8 digits (not comparable with FID).
 

@@ -92,17 +92,30 @@ def load_checkpoint_model(
 
     A folder is one of the trainer's checkpoints (a run folder, its ``checkpoints/`` or one
     ``step_*`` folder) and is loaded by the trainer's own, checksum-verified
-    :func:`inrflow.train.checkpoint.load_for_sampling`. A file is a plain torch checkpoint
-    ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
+    :func:`inrflow.train.checkpoint.load_for_sampling`, or an exported folder
+    (``python -m inrflow.export``, :func:`inrflow.model.load_pretrained`). A file is a plain
+    torch checkpoint ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
     "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
     """
     from inrflow.model.config import INRFlowConfig
     from inrflow.model.network import INRFlow
+    from inrflow.model.pretrained import is_pretrained, load_pretrained, read_pretrained_config
     from inrflow.train.checkpoint import load_for_sampling
 
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint not found: {p}")
+    if p.is_dir() and is_pretrained(p):
+        config = read_pretrained_config(p)
+        meta = dict(config.get("dataset", {}))
+        meta.update(
+            dataset=config.get("train_config", {}).get("data"),
+            step=config.get("step"),
+            checkpoint=str(p),
+            weights=config.get("weights", "ema"),
+            train_config=config.get("train_config", {}),
+        )
+        return load_pretrained(p, device), meta
     if p.is_dir():
         model, meta = load_for_sampling(p, device=device)
         return model, dict(meta)
@@ -153,6 +166,7 @@ def sample_from_model(
     progress: bool = True,
     resolution_mode: str = "join",
     join_time: float | None = None,
+    **solver: Any,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``num_samples`` samples drawn by :func:`inrflow.sample.generate` (the sampling CLI's
     path: any resolution from the training-resolution context, chunked decoding).
@@ -160,7 +174,8 @@ def sample_from_model(
     Images come back as ``[N, C, H, W]`` in inrflow's value range [-1, 1] (pixel centres of an
     ``H x W`` grid in the model's coordinate domain, row-major, channel 0 = row), point clouds
     as ``[N, P, 3]``. Class-conditional models get balanced labels ``i % num_classes``
-    (returned, else None).
+    (returned, else None). ``solver``: further options of :func:`~inrflow.sample.generate`
+    (``time_shift``, ``shift_by_pairs``, ``atol``, ``rtol``, ``stats``).
     """
     from inrflow.sample import generate, image_shape
 
@@ -183,6 +198,7 @@ def sample_from_model(
         progress=progress,
         resolution_mode=resolution_mode,
         join_time=join_time,
+        **solver,
     )
     if hw is not None:
         x = x.reshape(num_samples, *hw, cfg.value_dim).permute(0, 3, 1, 2)
@@ -234,6 +250,80 @@ def _load_samples(path: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor | N
     if data_kind == "pointcloud":
         return load_point_clouds(path), labels, data_kind
     return load_images(path), labels, data_kind
+
+
+def reference_bits_per_dim(
+    model: torch.nn.Module, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """Bits per dimension (:func:`inrflow.sampling.bits_per_dim` of
+    :func:`inrflow.sampling.log_likelihood`, values in the model's range) of the first
+    ``args.bpd`` items of the reference set: the real digits (with their labels) for
+    ``--ref digits``, else images (mapped to [-1, 1]) or point clouds of ``--ref``."""
+    from inrflow.metrics.images import to_unit_float
+    from inrflow.model.pseudo_coords import grid_coords
+    from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood
+
+    cfg = model.config
+    labels = None
+    if cfg.coords_are_values:
+        if not args.ref:
+            raise ValueError("--bpd needs --ref (point clouds)")
+        values, coords = load_point_clouds(args.ref)[: args.bpd].float(), None
+    else:
+        if args.ref in (None, "digits"):
+            from inrflow.metrics.digits import load_real_digits
+
+            images, digit_labels = load_real_digits()
+            x = torch.from_numpy(images[: args.bpd]).float()[:, None]
+            labels = torch.from_numpy(digit_labels[: args.bpd]) if cfg.num_classes else None
+        else:
+            x = to_unit_float(load_images(args.ref, limit=args.bpd), args.ref_value_range)
+        n, c, h, w = x.shape
+        if c != cfg.value_dim:
+            raise ValueError(f"--bpd: the reference has {c} channels, the model {cfg.value_dim}")
+        values = (x * 2 - 1).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        coords = grid_coords((h, w), cfg.coord_low, cfg.coord_high)
+    gen = torch.Generator().manual_seed(args.seed)
+    stats = SolverStats()
+    out = []
+    for s in range(0, values.shape[0], args.batch_size):
+        v = values[s : s + args.batch_size].to(device)
+        lab = labels[s : s + args.batch_size] if labels is not None else None
+        ll = log_likelihood(
+            model,
+            coords,
+            v,
+            lab,
+            method=args.bpd_method,
+            steps=args.bpd_steps,
+            atol=args.bpd_tol,
+            rtol=args.bpd_tol,
+            hutchinson=args.hutchinson,
+            generator=gen,
+            stats=stats,
+        )
+        out.append(bits_per_dim(ll, v.shape[1] * v.shape[2]).cpu())
+    bpd = torch.cat(out)
+    return {
+        "bpd": float(bpd.mean()),
+        "bpd-std": float(bpd.std()) if len(bpd) > 1 else 0.0,
+        "bpd-num": len(bpd),
+        "bpd-nfe-per-batch": stats.nfe_per_call,
+        "bpd-divergence": "exact" if args.hutchinson is None else f"hutchinson-{args.hutchinson}",
+    }
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int, num_samples: int) -> None:
+    """Labels must name a class of the classifier, one per sample: an out-of-range label would
+    be scored as a miss (or, negative, silently as another class) instead of being reported."""
+    if labels.numel() != num_samples:
+        raise ValueError(f"{num_samples} samples but {labels.numel()} labels")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.numel():
+        shown = ", ".join(str(int(v)) for v in bad.unique()[:5])
+        raise ValueError(
+            f"labels must be classes 0..{num_classes - 1}; {bad.numel()} are not ({shown})"
+        )
 
 
 UPSAMPLING_ROWS = ("native", "native, per-query noise", "bicubic", "bilinear")
@@ -375,8 +465,22 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     progress = not args.no_progress
     labels: torch.Tensor | None = None
     meta: dict[str, Any] = {}
+    stats = None
     if args.checkpoint:
+        from inrflow.sampling import SolverStats
+
+        stats = SolverStats()
         model, meta = load_checkpoint_model(args.checkpoint, device)
+    if args.checkpoint and args.num_samples == 0:  # likelihood only
+        report_bpd = reference_bits_per_dim(model, args, device)
+        settings = {"kind": "likelihood", "samples": None, "reference": args.ref or "digits"}
+        return {
+            "metrics": report_bpd,
+            "settings": settings,
+            "environment": {"torch": torch.__version__, "device": str(device)},
+            "wall_time_s": round(time.perf_counter() - t0, 3),
+        }
+    if args.checkpoint:
         samples, labels = sample_from_model(
             model,
             meta,
@@ -389,6 +493,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             resolution=args.resolution,
             points=args.points,
             progress=progress,
+            time_shift=args.time_shift,
+            shift_by_pairs=args.shift_by_resolution,
+            atol=args.atol,
+            rtol=args.rtol,
+            stats=stats,
             resolution_mode=args.resolution_mode,
             join_time=args.join_time,
         )
@@ -432,6 +541,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         from inrflow.metrics.digits import digits_metrics, load_real_digits
 
         refs = None if args.ref in (None, "digits") else load_images(args.ref)
+        if labels is not None:
+            _check_labels(labels, 10, samples.shape[0])
         metrics = digits_metrics(samples, labels, refs=refs, value_range=vr, ref_value_range=rvr)
         if args.metrics:  # Inception-family numbers as well, on request
             from inrflow.metrics.images import compute_image_metrics
@@ -486,6 +597,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise SystemExit(f"evaluate.py: unknown kind {kind!r}")
 
+    if args.checkpoint and args.bpd:
+        metrics.update(reference_bits_per_dim(model, args, device))
     report = {
         "metrics": metrics,
         "settings": settings,
@@ -500,6 +613,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         settings.update(
             steps=args.steps,
             method=args.method,
+            time_shift=args.time_shift,
+            shift_by_resolution=args.shift_by_resolution,
+            atol=args.atol,
+            rtol=args.rtol,
+            nfe_per_batch=stats.nfe_per_call,
+            nfe_total=stats.nfe,
             cfg_scale=args.cfg_scale,
             num_samples=args.num_samples,
             seed=args.seed,
@@ -527,6 +646,8 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from inrflow.sample import add_solver_arguments
+
     p = argparse.ArgumentParser(
         prog="evaluate.py",
         description=(
@@ -598,8 +719,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="per-shape normalisation of both sets (bbox: the LION protocol)",
     )
     g = p.add_argument_group("sampling (with --checkpoint)")
-    g.add_argument("--steps", type=int, default=100)
-    g.add_argument("--method", choices=("euler", "heun", "sde"), default="euler")
+    add_solver_arguments(g, default_steps=100)
     g.add_argument("--cfg-scale", type=float, default=1.0)
     g.add_argument(
         "--resolution", type=int, nargs="+", default=None, help="image size: one side or H W"
@@ -627,6 +747,26 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--points", type=int, default=None, help="points per generated cloud")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-samples", default=None, help="also save generated samples (.npz)")
+    g = p.add_argument_group("likelihood (with --checkpoint)")
+    g.add_argument(
+        "--bpd",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also report the bits per dimension of the first N reference items under the "
+        "model (values in the model's range; --num-samples 0: only this)",
+    )
+    g.add_argument("--bpd-method", choices=("dopri5", "heun", "euler"), default="dopri5")
+    g.add_argument("--bpd-steps", type=int, default=50, help="steps of heun/euler")
+    g.add_argument("--bpd-tol", type=float, default=1e-5, help="dopri5 atol = rtol")
+    g.add_argument(
+        "--hutchinson",
+        type=int,
+        default=None,
+        metavar="K",
+        help="estimate the divergence with K probes (default: exact, one backward pass per "
+        "dimension)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -635,12 +775,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.checkpoint and args.num_samples is None:
         args.num_samples = 500
+    if args.bpd < 0 or (args.bpd and not args.checkpoint):
+        print("evaluate.py: error: --bpd N needs --checkpoint and N >= 0", file=sys.stderr)
+        return 2
+    for flag, value in (
+        ("--num-samples", args.num_samples),
+        ("--batch-size", args.batch_size),
+        ("--steps", args.steps),
+        ("--points", args.points),
+    ):
+        if flag == "--num-samples" and value == 0 and args.bpd:
+            continue  # the likelihood only
+        if value is not None and value < 1:
+            print(f"evaluate.py: error: {flag} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
+        print("evaluate.py: error: --resolution takes one side or H W, each >= 1", file=sys.stderr)
+        return 2
+    if not math.isfinite(args.cfg_scale):
+        msg = f"evaluate.py: error: --cfg-scale must be finite, got {args.cfg_scale}"
+        print(msg, file=sys.stderr)
+        return 2
+    for flag, path in (("--out", args.out), ("--save-samples", args.save_samples)):
+        if path is not None and Path(path).is_dir():
+            msg = f"evaluate.py: error: {flag} {path} is a folder; give a file name"
+            print(msg, file=sys.stderr)
+            return 2
+    from inrflow.sample import check_solver_arguments
+
+    if args.checkpoint and (err := check_solver_arguments(args)) is not None:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
+        return 2
     try:
         report = compare_upsampling(args) if args.compare_upsampling else evaluate(args)
     except (FileNotFoundError, ValueError, ImportError) as exc:
         print(f"evaluate.py: error: {exc}", file=sys.stderr)
         return 2
     print(format_comparison(report) if args.compare_upsampling else format_table(report))
+    if "nfe_per_batch" in report["settings"]:
+        st = report["settings"]
+        print(f"\nsampler: NFE {st['nfe_per_batch']:g} per batch ({st['nfe_total']} in all)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")

@@ -36,8 +36,12 @@ def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: 
 
     ``||mu1 - mu2||^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^(1/2))`` in float64. The trace term is
     computed as ``sum sqrt(eig(S1^(1/2) S2 S1^(1/2)))``: that matrix is symmetric PSD, so unlike
-    ``sqrtm(S1 @ S2)`` it needs no complex arithmetic and stays exact for singular covariances
-    (fewer samples than feature dimensions). Negative round-off results are clipped to 0.
+    ``sqrtm(S1 @ S2)`` it needs no complex arithmetic and stays real for singular covariances
+    (fewer samples than feature dimensions). It is not exact there: the square roots of the
+    eigenvalues that should be 0 turn their round-off (~1e-16 relative) into ~1e-8, so with
+    singular covariances the result carries a relative error of a few 1e-7 (measured: 2e-7 to
+    5e-7 for N(0, S) against N(0, 1.7^2 S), exact value 0.49 tr(S), with d = 64..2048 from
+    10..100 samples). Negative round-off results are clipped to 0.
     """
     m1, m2 = as_numpy64(mu1).reshape(-1), as_numpy64(mu2).reshape(-1)
     s1, s2 = np.atleast_2d(as_numpy64(sigma1)), np.atleast_2d(as_numpy64(sigma2))

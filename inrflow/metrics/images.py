@@ -163,12 +163,17 @@ def _read_image_file(path: Path) -> torch.Tensor:
         from PIL import Image
     except ImportError as exc:  # pragma: no cover - Pillow is in the [eval] and [test] extras
         raise ImportError("reading image files needs Pillow: pip install 'inrflow[eval]'") from exc
+    from inrflow.data.images import decode_image
+
     with Image.open(path) as im:
-        if im.mode not in ("L", "RGB"):
-            im = im.convert("RGB")
-        arr = np.array(im)  # a writable copy
-    if arr.dtype != np.uint8:  # 16-bit greys etc.: scale to 8 bits without re-encoding a file
-        arr = (arr.astype(np.float64) / np.iinfo(arr.dtype).max * 255.0).round().astype(np.uint8)
+        if im.mode in ("L", "RGB"):
+            arr = np.array(im)  # a writable copy
+        else:  # 16-bit greys are scaled by their bit depth (not clipped), the rest made RGB
+            im, full = decode_image(im, 3)
+            arr = np.array(im)
+            if full != 255.0:
+                arr = (np.clip(arr.astype(np.float64) / full, 0, 1) * 255.0).round()
+            arr = arr.astype(np.uint8)
     return torch.from_numpy(np.ascontiguousarray(arr))
 
 
@@ -190,12 +195,19 @@ def _file_images(path: Path, in_folder: bool) -> torch.Tensor:
     """The images of one file as ``[n, ...]`` (a single image file gives n = 1).
 
     An array file given directly is a batch (``[N, H, W]`` grey, ``[N, C, H, W]`` or
-    ``[N, H, W, C]``; a 2-D array is one grey image). In a folder, a 3-D array is one image
-    (``[H, W, C]`` with C in 1, 3, 4 or ``[C, H, W]`` with C in 1, 3), otherwise a batch.
+    ``[N, H, W, C]``); a 2-D one is refused (one image, or N rows of values?). In a folder, a
+    2-D array is one grey image, a 3-D array is one image (``[H, W, C]`` with C in 1, 3, 4 or
+    ``[C, H, W]`` with C in 1, 3), otherwise a batch.
     """
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return _read_image_file(path).unsqueeze(0)
     arr = load_array_file(path)
+    if arr.dim() == 2 and not in_folder:
+        raise ValueError(
+            f"a 2-D array {list(arr.shape)} is not a batch of images: an array file holds "
+            "[N, H, W], [N, H, W, C] or [N, C, H, W] (one image: [1, H, W]); a 2-D array is "
+            "one image only as one file of a folder"
+        )
     is_single = arr.dim() == 2 or (
         in_folder and arr.dim() == 3 and (arr.shape[-1] in (1, 3, 4) or arr.shape[0] in (1, 3))
     )

@@ -9,12 +9,14 @@ in Ångström, float64.
   needs no superposition, so it is invariant to rigid motions of either chain.
 - ``tm_score`` (Zhang & Skolnick 2004): ``max over superpositions of (1/L) sum_i
   1 / (1 + (d_i / d0(L))^2)`` with ``d0 = 1.24 (L - 15)^(1/3) - 1.8`` (at least 0.5). The maximum
-  is searched as TM-score's own heuristic does: Kabsch superpositions seeded on fragments of
-  length L, L/2, L/4, ... (>= 4 residues) at every offset, each refined by re-superposing on
-  the residues within a distance cut-off until the selection stops changing; the best score
-  is returned. All seeds run as one batch of weighted Kabsch problems.
-  (Simplification: TM-score additionally tries a few extra cut-offs per seed; the numbers agree
-  to about 1e-3 on typical chains, and equal 1 for rigidly moved copies.)
+  is searched as the TM-score program does: Kabsch superpositions seeded on fragments of
+  length L, L/2, L/4, ... (>= 4 residues) at every offset; after each seed's fit the residues
+  within ``d0_search - 1`` are selected, and the fit is refined on the residues within
+  ``d0_search + 1`` until the selection stops changing; the best score of all is returned.
+  All seeds run as one batch of weighted Kabsch problems. Like the program's, this is a search
+  of Kabsch fits, not a continuous maximisation: on pairs of different bundled chains (TM
+  ~0.15-0.25) it lies 0.001-0.004 below an independent maximiser (scipy from many starts),
+  never above; rigidly moved copies score 1.
 """
 
 from __future__ import annotations
@@ -124,8 +126,7 @@ def tm_score(
     length = n
     while True:
         frag = max(min(4, n), length)
-        step = max(1, frag // 2)
-        for start in range(0, n - frag + 1, step):
+        for start in range(0, n - frag + 1):  # every offset, as the TM-score program
             m = torch.zeros(n, dtype=torch.float64, device=t.device)
             m[start : start + frag] = 1.0
             masks.append(m)
@@ -139,7 +140,7 @@ def tm_score(
     best = torch.full((s,), -1.0, dtype=torch.float64, device=t.device)
     best_rot = torch.eye(3, dtype=torch.float64, device=t.device).expand(s, 3, 3).clone()
     best_tr = torch.zeros(s, 3, dtype=torch.float64, device=t.device)
-    for _ in range(max_iters):
+    for it in range(max_iters):
         rot, tr = kabsch(mobile, target, w)
         moved = mobile @ rot.transpose(-1, -2) + tr[:, None, :]
         dist = (moved - target).norm(dim=-1)  # [S, n]
@@ -148,9 +149,10 @@ def tm_score(
         best = torch.where(better, score, best)
         best_rot = torch.where(better[:, None, None], rot, best_rot)
         best_tr = torch.where(better[:, None], tr, best_tr)
-        # Next selection: residues within the cut-off, widened in 0.5 Å steps (TM-score's rule)
+        # Next selection: residues within the cut-off (d0_search - 1 after the seed's fit,
+        # d0_search + 1 in the refinements, as the TM-score program), widened in 0.5 Å steps
         # while fewer than 3 are in; past 4 Å of widening, just the 3 closest.
-        cut = d0_search - 1.0
+        cut = d0_search - 1.0 if it == 0 else d0_search + 1.0
         new_w = (dist < cut).double()
         for _ in range(8):
             few = new_w.sum(-1) < 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .config import PAPER_PARAMS_M, INRFlowConfig, get_config, preset_names
 from .network import Encoded, INRFlow, count_parameters
+from .pretrained import load_pretrained, save_pretrained
 from .pseudo_coords import LatentGrouping, grid_coords, hash_assign, kmeans_pp
 
 __all__ = [
@@ -18,7 +19,9 @@ __all__ = [
     "grid_coords",
     "hash_assign",
     "kmeans_pp",
+    "load_pretrained",
     "preset_names",
+    "save_pretrained",
 ]
 
 

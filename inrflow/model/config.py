@@ -111,6 +111,11 @@ class INRFlowConfig:
             bad("coords_are_values needs coord_dim == value_dim")
         if not self.coord_high > self.coord_low:
             bad(f"coord_high ({self.coord_high}) must exceed coord_low ({self.coord_low})")
+        if min(self.hidden, self.heads, self.encoder_heads) < 1:
+            bad(
+                f"hidden, heads and encoder_heads must be >= 1, got {self.hidden}, {self.heads}, "
+                f"{self.encoder_heads}"
+            )
         if self.hidden % self.heads:
             bad(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
         if self.encoder not in ENCODERS:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from .checkpoint import (
     CheckpointManager,
+    CheckpointSaveError,
+    NoValidCheckpointError,
     find_checkpoint,
     list_checkpoints,
     load_ema_model,
@@ -14,12 +16,16 @@ from .checkpoint import (
     verify_checkpoint,
 )
 from .config import PRESETS, TrainConfig, parse_args
+from .run_folder import RunFolderError
 from .trainer import NonFiniteLossError, Trainer, run
 
 __all__ = [
     "PRESETS",
     "CheckpointManager",
+    "CheckpointSaveError",
+    "NoValidCheckpointError",
     "NonFiniteLossError",
+    "RunFolderError",
     "TrainConfig",
     "Trainer",
     "find_checkpoint",

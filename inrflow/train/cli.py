@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import sys
 
+from .checkpoint import CheckpointSaveError
 from .config import parse_args
-from .trainer import run
+from .run_folder import RunFolderError
+from .trainer import Trainer
 
 __all__ = ["main"]
 
@@ -24,7 +26,12 @@ examples:
   # CPU processes with gloo (tests, debugging)
   torchrun --nproc-per-node 2 train.py --device cpu --size tiny --data digits --steps 100
   # continue after a crash or preemption (newest valid checkpoint in --out)
-  python train.py --preset digits --resume
+  python train.py --size tiny --data digits --steps 100 --out runs/mine --resume
+  # start again in a used run folder (without --resume or --overwrite it is refused)
+  python train.py --size tiny --data digits --steps 100 --out runs/mine --overwrite
+
+The demo presets (digits, shapes, protein) set --resume: their command run again continues
+its run, or, when it is complete, draws and scores the final samples again.
 
 Run folder (--out): checkpoints/step_*/ (DCP; SIGTERM/SIGINT also save one), metrics.csv,
 tensorboard/, samples/, loss.png, config.json.
@@ -32,8 +39,19 @@ tensorboard/, samples/, loss.png, config.json.
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_args(argv, prog="train.py", description=DESCRIPTION)
-    summary = run(cfg)
+    """Train; the exit status: 0 done, 2 refused before training (bad options, data or run
+    folder), 1 a failed checkpoint write, 128 + N stopped by signal N after checkpointing."""
+    try:
+        cfg = parse_args(argv, prog="train.py", description=DESCRIPTION)
+        trainer = Trainer(cfg)
+    except (ValueError, OSError, RunFolderError) as exc:  # OSError: missing data, --out a file
+        return _fail(exc, 2)
+    try:
+        summary = trainer.train()
+    except CheckpointSaveError as exc:
+        return _fail(exc, 1)
+    finally:
+        trainer.close()
     sig = summary.get("interrupted_by")
     if sig is not None:  # stopped by a signal after checkpointing: report it in the exit code
         return 128 + int(signal.Signals(sig))
@@ -42,3 +60,9 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _fail(exc: BaseException, code: int) -> int:
+    """One clear line on stderr instead of a traceback, and the exit status ``code``."""
+    print(f"train.py: error: {exc}", file=sys.stderr, flush=True)
+    return code

@@ -90,6 +90,17 @@ class TrainConfig:
     activation_checkpointing: bool = _f(False, "recompute the trunk blocks in backward")
     workers: int = _f(4, "data-loading worker processes per rank (0: load in the main process)")
     threads: int | None = _f(None, "intra-op CPU threads per process (default: torch's choice)")
+    dist_timeout: float = _f(
+        1800.0,
+        "seconds a collective waits for the other processes before the run fails (a paused or "
+        "dead rank ends the run after this long)",
+    )
+    stall_factor: float = _f(
+        10.0,
+        "rank 0 warns when a step has taken this many times the recent median step time "
+        "(and at least --stall-seconds): a rank may be paused or stuck (0: off)",
+    )
+    stall_seconds: float = _f(60.0, "the shortest step time --stall-factor warns about")
 
     # --- output ---------------------------------------------------------------------------------
     out: str = _f("runs/inrflow", "run folder: checkpoints/, samples/, metrics.csv, tensorboard/")
@@ -98,9 +109,23 @@ class TrainConfig:
         "save a checkpoint every N steps (and at the end, and on SIGTERM/SIGINT); 0: only those",
     )
     keep_ckpts: int = _f(3, "keep the newest K checkpoints")
-    resume: bool = _f(False, "continue from the newest valid checkpoint in --out")
+    resume: bool = _f(
+        False,
+        "continue from the newest valid checkpoint in --out (the demo presets set it, so running "
+        "their command again continues or re-finishes their run)",
+    )
+    overwrite: bool = _f(
+        False,
+        "delete the previous run's files in --out (checkpoints, logs, samples) and start again "
+        "at step 0; without --resume or --overwrite a run folder already used is refused",
+    )
     verify_checksums: bool = _f(True, "check every checkpoint file's CRC32 before loading it")
     log_every: int = _f(50, "progress-bar, TensorBoard and console scalars every N steps")
+    progress: bool | None = _f(
+        None,
+        "a progress bar (--progress) or a line every --log-every steps (--no-progress); "
+        "default: the bar when stdout is a terminal, lines otherwise (job logs)",
+    )
     tensorboard: bool = _f(True, "write TensorBoard scalars (needs the tensorboard package)")
     sample_every: int = _f(10_000, "write an EMA sample grid / PLY files every N steps (0: off)")
     num_samples: int = _f(16, "samples in each periodic grid")
@@ -175,6 +200,12 @@ class TrainConfig:
             bad(f"--keep-ckpts must be >= 1, got {self.keep_ckpts}")
         if self.log_every < 1 or self.max_nonfinite < 1:
             bad("--log-every and --max-nonfinite must be >= 1")
+        if self.resume and self.overwrite:
+            bad("--resume continues the run in --out, --overwrite deletes it: pass one of them")
+        if not self.dist_timeout > 0:
+            bad(f"--dist-timeout must be > 0 seconds, got {self.dist_timeout}")
+        if not (self.stall_factor >= 0 and self.stall_seconds >= 0):
+            bad("--stall-factor and --stall-seconds must be >= 0")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -274,6 +305,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         cfg_scale=1.5,
         final_samples=500,
         out="runs/digits",
+        resume=True,  # the one-command demo: running it again continues its run
     ),
     # Point-cloud demo: 7 classes of generated surfaces, 256 points; ~3.5 steps/s (~10 min) on
     # 2 busy CPU cores. Its sample quality has not been measured.
@@ -295,6 +327,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         cfg_scale=2.0,
         final_samples=14,
         out="runs/shapes",
+        resume=True,  # the one-command demo: running it again continues its run
     ),
     # Protein demo: the 50 single-chain structures of MDAnalysisTests (45 train, 5 held out),
     # one latent per residue (176), all ~1400 heavy atoms in the context, 512 decoded per sample.
@@ -322,6 +355,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         sample_every=1000,
         sample_steps=50,
         out="runs/protein",
+        resume=True,  # the one-command demo: running it again continues its run
     ),
 }
 
@@ -379,7 +413,7 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> argp
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         help_text = f"{f.metadata['help']} (default: {_show(default)})"
-        if tp is bool:
+        if tp is bool or _optional_of(tp) is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
         elif f.name == "model":
             parser.add_argument(flag, type=_parse_overrides, metavar="K=V,...", help=help_text)
@@ -420,6 +454,8 @@ def parse_args(
         preset = "protein"  # --task protein alone: the bundled protein demo
     if preset is not None:
         values.update(PRESETS[preset])
+    if ns.get("overwrite") and "resume" not in ns:
+        values["resume"] = False  # --overwrite beats a preset's resume
     model_overrides = {**values.get("model", {}), **ns.pop("model", {})}
     values.update(ns)
     values["model"] = model_overrides

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -64,7 +65,12 @@ def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path 
 
 
 class MetricLogger:
-    """Does nothing on ranks other than 0."""
+    """Does nothing on ranks other than 0.
+
+    Console progress: a tqdm bar on a terminal; elsewhere (``progress=False``, or ``None`` with
+    stdout not a terminal, e.g. a cluster job log) one plain line every ``log_every`` steps,
+    since a bar redrawn every step fills a log file with carriage-return frames.
+    """
 
     def __init__(
         self,
@@ -75,8 +81,10 @@ class MetricLogger:
         samples_per_step: int,
         log_every: int,
         tensorboard: bool,
+        progress: bool | None = None,
     ) -> None:
         self.enabled = enabled
+        self.total_steps = total_steps
         self.samples_per_step = samples_per_step
         self.log_every = log_every
         self.csv_path = out / "metrics.csv"
@@ -102,14 +110,17 @@ class MetricLogger:
                     "(pip install tensorboard, or pass --no-tensorboard)",
                     stacklevel=2,
                 )
-        self.bar = tqdm(
-            total=total_steps,
-            initial=start_step,
-            desc="train",
-            dynamic_ncols=True,
-            smoothing=0.05,
-            unit="step",
-        )
+        if progress is None:
+            progress = sys.stdout.isatty()
+        if progress:
+            self.bar = tqdm(
+                total=total_steps,
+                initial=start_step,
+                desc="train",
+                dynamic_ncols=True,
+                smoothing=0.05,
+                unit="step",
+            )
         self._t_last, self._step_last = time.perf_counter(), start_step
         self._losses: list[float] = []
 
@@ -131,7 +142,8 @@ class MetricLogger:
         self._csv.writerow(
             [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{time.time():.3f}"]
         )
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
         if math.isfinite(loss):
             self._losses.append(loss)
         if step % self.log_every == 0:
@@ -140,12 +152,19 @@ class MetricLogger:
             self._t_last, self._step_last = now, step
             mean = sum(self._losses) / max(len(self._losses), 1)
             self._losses.clear()
-            self.bar.set_postfix(
-                loss=f"{mean:.4f}",
-                steps_s=f"{steps_s:.2f}",
-                samples_s=f"{steps_s * self.samples_per_step:.0f}",
-                refresh=False,
-            )
+            if self.bar is not None:
+                self.bar.set_postfix(
+                    loss=f"{mean:.4f}",
+                    steps_s=f"{steps_s:.2f}",
+                    samples_s=f"{steps_s * self.samples_per_step:.0f}",
+                    refresh=False,
+                )
+            else:
+                print(
+                    f"[inrflow] step {step}/{self.total_steps} loss {mean:.4f} "
+                    f"{steps_s:.3g} steps/s {steps_s * self.samples_per_step:.3g} samples/s",
+                    flush=True,
+                )
             self._csv_file.flush()
             self.scalars(
                 step,

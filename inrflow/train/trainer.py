@@ -42,6 +42,8 @@ from .distributed import Dist, init_distributed
 from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
 from .profiler import ProfileWindow
+from .run_folder import RunFolderError, RunLock, open_run_folder, resume_conflicts
+from .watchdog import StallWatchdog
 
 __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 
@@ -120,15 +122,16 @@ class Trainer:
         self.cfg = cfg.validate()
         self.out = Path(cfg.out)
         self._logger: MetricLogger | None = None
+        self._lock: RunLock | None = None
         # 1. process group, device mesh
-        self.dist: Dist = init_distributed(cfg.device)
+        self.dist: Dist = init_distributed(cfg.device, cfg.dist_timeout)
         self.device = self.dist.device
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         try:
             self._setup(dataset)
         except BaseException:
-            self.dist.close()
+            self.close()
             raise
 
     def _setup(self, dataset: CoordinateDataset | None) -> None:
@@ -153,19 +156,22 @@ class Trainer:
             rotate=cfg.rotate,
         )
         self.checkpoints = CheckpointManager(
-            self.out / "checkpoints", d, keep=cfg.keep_ckpts, checksums=cfg.verify_checksums
+            self.out / "checkpoints",
+            d,
+            keep=cfg.keep_ckpts,
+            checksums=cfg.verify_checksums,
+            log=self._say,
         )
-        # 3. model config: on resume the stored architecture wins over the command line
+        # 3. model config (a bad --model fails here, before the run folder is made); on resume
+        # the stored architecture wins over the command line
         self.model_config = model_config_for(cfg, self.dataset)
+        # the run folder: locked, and a previous run in it settled, before anything is written
+        self._lock = open_run_folder(
+            self.out, resume=cfg.resume, overwrite=cfg.overwrite, dist=d, say=self._say
+        )
         found = self.checkpoints.candidates() if cfg.resume else []
         if found:
-            stored = self._stored_model_config(found)
-            if stored is not None and stored != self.model_config:
-                self._say(
-                    "resuming: the model architecture stored in the checkpoint overrides "
-                    "the command line's"
-                )
-                self.model_config = stored
+            self._adopt_stored_config(found)
         # 4. the model, identical on every rank (same seed), then sharded
         torch.manual_seed(cfg.seed)
         model = INRFlow(self.model_config)
@@ -188,7 +194,9 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay)
         self.step = 0
         self.skipped_steps = 0
-        self.skipped_files = 0
+        self.skipped_files = 0  # distinct unreadable data files met so far
+        self._bad_files: set[int] = set()  # their dataset indices
+        self._bad_files_base = 0
         # 6. restore (the global RNG only serves stray uses: every draw of the training stream
         # comes from per-sample seeds; a checkpoint's RNG state replaces this seeding)
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
@@ -242,17 +250,47 @@ class Trainer:
             p = "bf16" if self.device.type == "cuda" else "fp32"
         return torch.bfloat16 if p == "bf16" else None
 
-    def _stored_model_config(self, found: list[tuple[int, Path]]) -> INRFlowConfig | None:
+    def _adopt_stored_config(self, found: list[tuple[int, Path]]) -> None:
+        """On resume: refuse data the checkpoint cannot continue on, and take the stored
+        architecture (and the ``--size`` / ``--model`` that made it) over the command line's, so
+        that ``config.json`` and the next checkpoints describe the model really trained."""
         from .checkpoint import read_manifest
 
         for _step, path in found:
             try:
-                stored = read_manifest(path)["model_config"]
+                manifest = read_manifest(path)
+                stored = manifest["model_config"]
             except (OSError, ValueError, KeyError):
                 continue
-            stored = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
-            return INRFlowConfig(**stored)
-        return None
+            conflicts = resume_conflicts(manifest, dataset_info(self.dataset))
+            if conflicts:
+                raise RunFolderError(
+                    f"cannot resume {path} on this --data ({self.cfg.data}): "
+                    + "; ".join(conflicts)
+                    + ". Use the run's data, or --overwrite / another --out for a new run"
+                )
+            fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
+            stored_config = INRFlowConfig(**fields)
+            if stored_config != self.model_config:
+                self._say(
+                    "resuming: the model architecture stored in the checkpoint overrides "
+                    "the command line's"
+                )
+                self.model_config = stored_config
+            train = manifest.get("train_config") or {}
+            changed = {
+                k: train[k]
+                for k in ("size", "model")
+                if k in train and train[k] != getattr(self.cfg, k)
+            }
+            if changed:
+                self._say(
+                    "resuming: "
+                    + ", ".join(f"--{k} {v} from the checkpoint" for k, v in changed.items())
+                    + " (the command line's is ignored)"
+                )
+                self.cfg = dataclasses.replace(self.cfg, **changed)
+            return
 
     # -- checkpoint state ------------------------------------------------------------------------
     def _state(self, rng_ranks: int | None = None) -> dict[str, Any]:
@@ -279,6 +317,7 @@ class Trainer:
             "dataset": dataset_info(self.dataset),
             "num_params": self.num_params,
             "torch_version": torch.__version__,
+            "skipped_data_files": sorted(self._bad_files),
         }
 
     def save_checkpoint(self) -> Path:
@@ -294,7 +333,8 @@ class Trainer:
 
         found = self.checkpoints.load_latest(build)
         if found is None:
-            self._say(f"--resume: no checkpoint in {self.checkpoints.folder}; starting from step 0")
+            folder = self.checkpoints.folder
+            self._say(f"--resume: no checkpoint in {folder} yet; starting at step 0")
             return
         path, meta, state = found
         set_model_state_dict(self.model, state["model"])
@@ -303,6 +343,9 @@ class Trainer:
         tr = state["trainer"]
         self.step = int(tr["step"])
         self.skipped_steps, self.skipped_files = int(tr["skipped_steps"]), int(tr["skipped_files"])
+        self._bad_files = set(meta.get("skipped_data_files", ()))
+        # checkpoints from before the file list: their count, plus the files met from now on
+        self._bad_files_base = self.skipped_files - len(self._bad_files)
         if "rng" in state:
             CheckpointManager.set_rng_state(state["rng"][f"rank{self.dist.rank}"])
         if int(meta.get("world_size", 1)) != self.dist.world:
@@ -313,6 +356,11 @@ class Trainer:
             )
         self.resumed_from = path
         self._say(f"resumed from {path} at step {self.step}")
+        if self.step >= self.cfg.steps:
+            self._say(
+                f"the run is already complete (step {self.step}, --steps {self.cfg.steps}): "
+                "nothing to train; a larger --steps continues it, --overwrite starts again"
+            )
 
     # -- signals ---------------------------------------------------------------------------------
     def _install_signal_handlers(self) -> dict[int, Any]:
@@ -334,7 +382,8 @@ class Trainer:
         nb = self.device.type == "cuda"
         # the skip count stays on the host: it is read there every step
         return {
-            k: v if k == "skipped" else v.to(self.device, non_blocking=nb) for k, v in batch.items()
+            k: v if k.startswith("skipped") else v.to(self.device, non_blocking=nb)
+            for k, v in batch.items()
         }
 
     def compute_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -356,7 +405,8 @@ class Trainer:
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, float, bool]:
         """Forward, backward, clip, AdamW, EMA. Returns (mean loss over ranks, grad norm,
         whether the update was skipped). Also agrees on stop requests across ranks."""
-        skipped_files = float(batch.pop("skipped", 0))
+        batch.pop("skipped", None)
+        new_bad = self._new_bad_files(batch.pop("skipped_index", None))
         lr = lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -365,9 +415,10 @@ class Trainer:
         # one collective: the mean loss (finite on all ranks or not), any stop request, and the
         # unreadable files the ranks' loaders passed over
         loss_sum, stop, skipped = self.dist.all_reduce_sum(
-            [loss.detach().float().item(), float(self._stop_signal is not None), skipped_files]
+            [loss.detach().float().item(), float(self._stop_signal is not None), len(new_bad)]
         )
-        self.skipped_files += int(skipped)
+        if skipped:  # some rank met a file none had met before: all ranks learn which
+            self._record_bad_files(new_bad)
         mean_loss = loss_sum / self.dist.world
         if stop and self._stop_signal is None:
             self._stop_signal = signal.SIGTERM
@@ -391,6 +442,23 @@ class Trainer:
             self.ema.update()
         self._nonfinite_run = 0
         return mean_loss, grad_norm, False
+
+    def _new_bad_files(self, index: torch.Tensor | None) -> set[int]:
+        """Unreadable files of this batch not met before (a host tensor: no device sync)."""
+        if index is None or index.numel() == 0:
+            return set()
+        return set(index.tolist()) - self._bad_files
+
+    def _record_bad_files(self, new: set[int]) -> None:
+        """Add every rank's newly met unreadable files; ``skipped_files`` counts distinct
+        files, so a broken file met in every epoch counts once."""
+        shares: list[Any] = [new]
+        if self.dist.world > 1:
+            shares = [None] * self.dist.world
+            torch.distributed.all_gather_object(shares, new)
+        for share in shares:
+            self._bad_files |= share
+        self.skipped_files = self._bad_files_base + len(self._bad_files)
 
     def _range(self, name: str) -> contextlib.ExitStack:
         """The NVTX range of a step phase, also a torch.profiler range inside a traced window."""
@@ -445,8 +513,15 @@ class Trainer:
             cfg.batch_size,
             cfg.log_every,
             cfg.tensorboard,
+            progress=cfg.progress,
         )
         self._logger = logger
+        watchdog = StallWatchdog(
+            self._say if d.is_main else _quiet,
+            cfg.stall_factor if d.is_main else 0.0,
+            cfg.stall_seconds,
+            timeout_s=cfg.dist_timeout if d.world > 1 else None,
+        )
         previous = self._install_signal_handlers()
         window = self._window = self._profile_window()
         t_start = time.perf_counter()
@@ -475,14 +550,17 @@ class Trainer:
                         if window.done:
                             break
                         continue
+                    watchdog.beat(self.step)
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
-                        self.save_checkpoint()
+                        with watchdog.slow("saving a checkpoint"):
+                            self.save_checkpoint()
                     # sampled below (a protein run always scores its chains at the end)
                     last = self.step == cfg.steps and (
                         cfg.final_samples > 0 or self.dataset.domain == "protein"
                     )
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
-                        self.write_samples(logger)
+                        with watchdog.slow("sampling"):
+                            self.write_samples(logger)
             if window is not None:
                 window.abort()  # the run ended before the window did
             elapsed = time.perf_counter() - t_start
@@ -522,6 +600,7 @@ class Trainer:
             elif self._stop_signal is None:
                 summary.update(self.finish(logger))
         finally:
+            watchdog.stop()
             if window is not None:
                 window.abort()
             for sig, h in previous.items():
@@ -754,6 +833,10 @@ class Trainer:
         return folder
 
     def close(self) -> None:
+        """Leave the process group and release the run folder (idempotent)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
         self.dist.close()
 
 
@@ -778,6 +861,10 @@ def _append_scores(path: Path, step: int, report: dict[str, Any]) -> None:
         if new:
             fh.write(",".join(["step", *cols]) + "\n")
         fh.write(",".join(row) + "\n")
+
+
+def _quiet(msg: str) -> None:
+    """The watchdog's voice on ranks other than 0 (rank 0 speaks for the run)."""
 
 
 def _cpus() -> int:

@@ -1,0 +1,273 @@
+"""Quality per model call of inrflow's samplers on a digits checkpoint (docs/SAMPLING.md).
+
+For every sampler setting and CFG scale, ``--num`` class-balanced samples are drawn in one
+batch from the same seed and scored with the digits demo's judge (classifier accuracy and the
+Fréchet distance in the classifier's feature space, :mod:`inrflow.metrics.digits`); the NFE is
+what the sampler reports. The reference quality is Euler with 100 steps, the authors' default;
+its spread over ``--noise-seeds`` seeds is the metric's noise. The solver's own cost per
+dopri5 step is measured against a model call on the same state.
+
+    python benchmarks/sampler_quality.py --ckpt runs/digits --cfg 1.5 --out q15.json
+    python benchmarks/sampler_quality.py --plot q1.json q15.json q3.json --png quality.png
+    python benchmarks/sampler_quality.py --ckpt runs/digits --cfg 1.5 --grids samples.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from inrflow.metrics.digits import digits_metrics
+from inrflow.sample import generate
+from inrflow.sampling import SolverStats, integrate
+from inrflow.train.checkpoint import load_ema_model
+
+# (label, method, {steps | atol/rtol}, time_shift)
+SETTINGS: list[tuple[str, str, list[dict[str, Any]], float]] = [
+    ("euler", "euler", [{"steps": n} for n in (4, 6, 8, 12, 16, 25, 50, 100)], 1.0),
+    ("euler, shift 0.5", "euler", [{"steps": n} for n in (4, 8, 12, 16, 25)], 0.5),
+    ("euler, shift 3", "euler", [{"steps": n} for n in (4, 8, 12, 16, 25)], 3.0),
+    ("heun", "heun", [{"steps": n} for n in (2, 3, 4, 6, 8, 12)], 1.0),
+    ("dopri5", "dopri5", [{"atol": a, "rtol": a} for a in (1e-1, 3e-2, 1e-2, 1e-3)], 1.0),
+    ("sde", "sde", [{"steps": n} for n in (10, 25, 50, 100)], 1.0),
+]
+
+
+def run_one(model, meta, num: int, cfg: float, method: str, kw: dict, shift: float, seed: int):
+    """Draw ``num`` samples with one setting; their metrics, NFE and wall time."""
+    stats = SolverStats()
+    labels = torch.arange(num) % 10
+    t0 = time.perf_counter()
+    out = generate(
+        model,
+        meta,
+        num,
+        labels=labels,
+        cfg_scale=cfg,
+        method=method,
+        steps=kw.get("steps", 1),
+        atol=kw.get("atol", 1e-3),
+        rtol=kw.get("rtol", 1e-3),
+        time_shift=shift,
+        seed=seed,
+        batch_size=num,
+        progress=False,
+        stats=stats,
+    )
+    wall = time.perf_counter() - t0
+    m = digits_metrics(out.reshape(num, 8, 8), labels, value_range=(-1.0, 1.0))
+    return {
+        "accuracy": m["digits-accuracy"],
+        "fd": m["FD-digits"],
+        "nfe": stats.nfe,
+        "rejected": stats.rejected,
+        "wall_s": round(wall, 3),
+    }
+
+
+def solver_overhead(model, num: int) -> dict[str, float]:
+    """Seconds per dopri5 step of the solver alone (a free velocity) and of a model call."""
+    x = torch.randn(num, 64, 1)
+    zero = torch.zeros_like(x)
+    stats = SolverStats()
+    t0 = time.perf_counter()
+    for _ in range(20):
+        integrate(lambda s, t: zero - 0.1 * s, x, 0, "dopri5", atol=1e-6, rtol=1e-6, stats=stats)
+    solver = (time.perf_counter() - t0) / (stats.steps + stats.rejected)
+    coords = torch.rand(num, 64, 2)
+    t = torch.full((num,), 0.5)
+    labels = torch.arange(num) % 10
+    with torch.no_grad():
+        model(coords, x, t, coords, x, labels=labels)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            model(coords, x, t, coords, x, labels=labels)
+    call = (time.perf_counter() - t0) / 10
+    return {"solver_s_per_step": solver, "model_s_per_call": call, "stages_per_step": 6}
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    model, manifest, ckpt = load_ema_model(args.ckpt)
+    meta = manifest
+    res: dict[str, Any] = {
+        "checkpoint": str(ckpt),
+        "step": manifest["step"],
+        "num_samples": args.num,
+        "threads": 1,
+        "rows": [],
+        "reference": {},
+    }
+    for cfg in args.cfg:
+        ref = [
+            run_one(model, meta, args.num, cfg, "euler", {"steps": 100}, 1.0, s)
+            for s in range(args.noise_seeds)
+        ]
+        res["reference"][str(cfg)] = {
+            "runs": ref,
+            "accuracy_mean": statistics.mean(r["accuracy"] for r in ref),
+            "accuracy_std": statistics.stdev(r["accuracy"] for r in ref),
+            "fd_mean": statistics.mean(r["fd"] for r in ref),
+            "fd_std": statistics.stdev(r["fd"] for r in ref),
+        }
+        print(f"CFG {cfg}: Euler-100 over {args.noise_seeds} seeds {res['reference'][str(cfg)]}")
+        for label, method, grid, shift in SETTINGS:
+            for kw in grid:
+                r = run_one(model, meta, args.num, cfg, method, kw, shift, 0)
+                r.update(cfg=cfg, setting=label, method=method, shift=shift, **kw)
+                res["rows"].append(r)
+                print(json.dumps(r), flush=True)
+    res["overhead"] = solver_overhead(model, args.num)
+    print(res["overhead"])
+    return res
+
+
+def plot(res: dict[str, Any], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfgs = sorted({r["cfg"] for r in res["rows"]})
+    fig, axes = plt.subplots(2, len(cfgs), figsize=(5.5 * len(cfgs), 7.5), squeeze=False)
+    for j, cfg in enumerate(cfgs):
+        ref = res["reference"][str(cfg)]
+        for i, (key, name) in enumerate((("fd", "FD-digits"), ("accuracy", "accuracy"))):
+            ax = axes[i][j]
+            for label, *_ in SETTINGS:
+                rows = [r for r in res["rows"] if r["cfg"] == cfg and r["setting"] == label]
+                rows.sort(key=lambda r: (r["nfe"], -r.get("atol", 0.0)))
+                ax.plot([r["nfe"] for r in rows], [r[key] for r in rows], "o-", label=label, ms=4)
+            m, s = ref[f"{key}_mean"], ref[f"{key}_std"]
+            ax.axhspan(m - 2 * s, m + 2 * s, color="grey", alpha=0.25, label="Euler-100 ± 2 std")
+            ax.axvline(25, color="k", ls=":", lw=1)
+            ax.set_xscale("log")
+            ax.set_xlabel("NFE (model calls)")
+            ax.set_ylabel(name)
+            ax.set_title(f"{name}, CFG {cfg:g}")
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"digits demo ({res['num_samples']} samples per point), quality per NFE")
+    fig.tight_layout()
+    fig.savefig(png, dpi=90)
+
+
+GRID_SETTINGS = [  # (title, method, kw, shift): the reference and each method's fast point
+    ("euler, 100 steps (NFE 100)", "euler", {"steps": 100}, 1.0),
+    ("euler, 16 steps (NFE 16)", "euler", {"steps": 16}, 1.0),
+    ("euler, shift 3, 12 steps (NFE 12)", "euler", {"steps": 12}, 3.0),
+    ("heun, 3 steps (NFE 6)", "heun", {"steps": 3}, 1.0),
+    ("heun, 12 steps (NFE 24)", "heun", {"steps": 12}, 1.0),
+    ("dopri5, atol=rtol=0.1", "dopri5", {"atol": 0.1, "rtol": 0.1}, 1.0),
+    ("sde, 10 steps (NFE 10)", "sde", {"steps": 10}, 1.0),
+]
+
+
+def grids(ckpt: str, cfg: float, png: Path, num: int = 30) -> None:
+    """One row of ``num`` samples (same seed, labels 0..9 cycled) per setting of GRID_SETTINGS."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    torch.set_num_threads(1)
+    model, meta, _ = load_ema_model(ckpt)
+    labels = torch.arange(num) % 10
+    fig, axes = plt.subplots(len(GRID_SETTINGS), 1, figsize=(num * 0.32, len(GRID_SETTINGS) * 0.75))
+    for ax, (title, method, kw, shift) in zip(axes, GRID_SETTINGS, strict=True):
+        x = generate(
+            model,
+            meta,
+            num,
+            labels=labels,
+            cfg_scale=cfg,
+            method=method,
+            steps=kw.get("steps", 1),
+            atol=kw.get("atol", 1e-3),
+            rtol=kw.get("rtol", 1e-3),
+            time_shift=shift,
+            batch_size=num,
+            progress=False,
+        ).reshape(num, 8, 8)
+        row = torch.cat([torch.nn.functional.pad(im, (0, 1), value=1.0) for im in x], dim=1)
+        ax.imshow(row.clamp(-1, 1).numpy(), cmap="gray", vmin=-1, vmax=1, interpolation="nearest")
+        ax.set_title(title, fontsize=8, loc="left")
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+
+
+def reached(res: dict[str, Any]) -> str:
+    """Per setting and CFG, the fewest NFE whose FD is at most the Euler-100 mean + 2 std and
+    whose accuracy is at least its mean - 2 max(std, 1 / num_samples)."""
+    lines = [
+        "| sampler | CFG | fewest NFE at Euler-100 quality | FD | accuracy |",
+        "|---" * 5 + "|",
+    ]
+    for cfg in sorted({r["cfg"] for r in res["rows"]}):
+        ref = res["reference"][str(cfg)]
+        fd_max = ref["fd_mean"] + 2 * ref["fd_std"]
+        acc_min = ref["accuracy_mean"] - 2 * max(ref["accuracy_std"], 1 / res["num_samples"])
+        for label, *_ in SETTINGS:
+            rows = [r for r in res["rows"] if r["cfg"] == cfg and r["setting"] == label]
+            ok = [r for r in rows if r["fd"] <= fd_max and r["accuracy"] >= acc_min]
+            best = min(ok, key=lambda r: r["nfe"]) if ok else None
+            cell = (
+                f"{best['nfe']} | {best['fd']:.2f} | {best['accuracy']:.3f}"
+                if best
+                else "not reached | - | -"
+            )
+            lines.append(f"| {label} | {cfg:g} | {cell} |")
+    return "\n".join(lines)
+
+
+def table(res: dict[str, Any]) -> str:
+    """Markdown rows: setting, CFG, NFE, accuracy, FD."""
+    lines = ["| sampler | setting | CFG | NFE | accuracy | FD-digits |", "|---" * 6 + "|"]
+    for r in sorted(res["rows"], key=lambda r: (r["cfg"], r["setting"], r["nfe"])):
+        knob = f"atol=rtol={r['atol']:g}" if "atol" in r else f"{r['steps']} steps"
+        lines.append(
+            f"| {r['setting']} | {knob} | {r['cfg']:g} | {r['nfe']} | {r['accuracy']:.3f} | "
+            f"{r['fd']:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--ckpt", help="a digits run or checkpoint folder")
+    p.add_argument("--out", default="sampler_quality.json")
+    p.add_argument("--num", type=int, default=200, help="samples per point (class-balanced)")
+    p.add_argument("--cfg", type=float, nargs="+", default=[1.0, 3.0])
+    p.add_argument("--noise-seeds", type=int, default=4, help="seeds of the Euler-100 reference")
+    p.add_argument(
+        "--plot", nargs="+", help="results JSONs (merged) to plot and tabulate instead of measuring"
+    )
+    p.add_argument("--png", default="sampler_quality.png")
+    p.add_argument("--grids", help="write sample rows of GRID_SETTINGS (at --cfg) to this PNG")
+    args = p.parse_args()
+    if args.grids:
+        grids(args.ckpt, args.cfg[-1], Path(args.grids))
+        return
+    if args.plot:
+        parts = [json.loads(Path(f).read_text()) for f in args.plot]
+        res = parts[0]
+        for more in parts[1:]:
+            res["rows"] += more["rows"]
+            res["reference"].update(more["reference"])
+        plot(res, Path(args.png))
+        print(reached(res))
+        print()
+        print(table(res))
+        return
+    res = measure(args)
+    Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
