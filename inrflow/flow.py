@@ -10,9 +10,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["cicfm_loss", "interpolate", "sample_time", "target_velocity"]
+__all__ = [
+    "PAIRINGS",
+    "TIME_DISTS",
+    "cicfm_loss",
+    "interpolate",
+    "ot_pair_noise",
+    "sample_time",
+    "target_velocity",
+]
 
 TIME_EPS = 1e-4
+TIME_DISTS = ("logit_normal", "uniform")
+PAIRINGS = ("random", "ot")
 
 
 def interpolate(x0: torch.Tensor, x1: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -33,19 +43,45 @@ def sample_time(
     eps: float = TIME_EPS,
     device: torch.device | str | None = None,
     generator: torch.Generator | None = None,
+    loc: float = 0.0,
 ) -> torch.Tensor:
-    """``[batch]`` times in ``[eps, 1 - eps]``: logit-normal(0, 1) (SD3) or uniform.
+    """``[batch]`` times in ``[eps, 1 - eps]``: logit-normal(``loc``, 1) (SD3) or uniform.
 
-    Logit-normal puts most samples near t = 0.5 where the velocity is hardest to predict; the
-    squeeze ``t (1 - 2 eps) + eps`` keeps the path away from the exact endpoints.
+    Logit-normal puts most samples near ``sigmoid(loc)``; ``loc = 0`` (SD3's choice for
+    images) centres them on t = 0.5, where an image's velocity is hardest to predict. A positive
+    ``loc`` moves them towards the data end (t = 1), where a point cloud's fine shape is decided.
+    The squeeze ``t (1 - 2 eps) + eps`` keeps the path away from the exact endpoints.
     """
     if dist == "logit_normal":
-        t = torch.sigmoid(torch.randn(batch, device=device, generator=generator))
+        t = torch.sigmoid(torch.randn(batch, device=device, generator=generator) + loc)
     elif dist == "uniform":
         t = torch.rand(batch, device=device, generator=generator)
     else:
-        raise ValueError(f"dist must be 'logit_normal' or 'uniform', got {dist!r}")
+        raise ValueError(f"dist must be one of {TIME_DISTS}, got {dist!r}")
     return t * (1 - 2 * eps) + eps
+
+
+def ot_pair_noise(noise: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """``noise`` ``[N, c]`` reordered so that noise row ``i`` goes to ``points[i]`` along the
+    optimal one-to-one matching (least total squared distance; scipy's exact assignment).
+
+    Why: a point cloud is a set, so which noise point flows to which data point is free. Paired
+    at random, the paths of one cloud cross everywhere and the regression target at ``x_t`` is
+    the average of many unrelated ``x1 - x0``: the network learns a blurred velocity that
+    carries noise to a blob. Matched optimally, the paths hardly cross, the target is nearly a
+    function of ``x_t`` and the surface is learnable. The reordered noise is still i.i.d.
+    Gaussian (the matching is equivariant and the points exchangeable), so sampling from fresh
+    noise is unchanged. ``O(N^3)``; ~1 ms at 256 points.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    if noise.dim() != 2 or noise.shape != points.shape:
+        raise ValueError(
+            f"noise {tuple(noise.shape)} and points {tuple(points.shape)} must both be [N, c]"
+        )
+    cost = torch.cdist(points.double(), noise.double()).square()
+    _, cols = linear_sum_assignment(cost.cpu().numpy())
+    return noise[torch.from_numpy(cols).to(noise.device)]
 
 
 def _random_subset(b: int, n: int, k: int, device, generator) -> torch.Tensor:
@@ -79,11 +115,13 @@ def cicfm_loss(
     force_drop: torch.Tensor | None = None,
     num_context: int | None = None,
     time_dist: str = "logit_normal",
+    time_loc: float = 0.0,
     t: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     query_index: torch.Tensor | None = None,
     context_index: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
     """Point-wise conditionally independent flow-matching loss (paper Eq. 4), a scalar.
 
@@ -105,7 +143,11 @@ def cicfm_loss(
             the query and context subsets (the trainer draws them per sample, so a sample's
             randomness does not depend on how the global batch is split over ranks); they
             override ``num_queries`` / ``num_context``.
+        reduction: ``"mean"`` (a scalar) or ``"per_sample"`` (``[B]``, the mean over each
+            sample's queries and channels: what the trainer buckets by ``t``).
     """
+    if reduction not in ("mean", "per_sample"):
+        raise ValueError(f"reduction must be 'mean' or 'per_sample', got {reduction!r}")
     if values.dim() != 3:
         raise ValueError(f"values must be [B, N, c], got {tuple(values.shape)}")
     b, n, _ = values.shape
@@ -115,7 +157,7 @@ def cicfm_loss(
             f"coords {tuple(coords.shape)} and values {tuple(values.shape)} disagree on [B, N]"
         )
     if t is None:
-        t = sample_time(b, dist=time_dist, device=dev, generator=generator)
+        t = sample_time(b, dist=time_dist, device=dev, generator=generator, loc=time_loc)
     if noise is None:
         noise = torch.randn(values.shape, device=dev, dtype=values.dtype, generator=generator)
     elif noise.shape != values.shape:
@@ -141,4 +183,5 @@ def cicfm_loss(
         q_coords = _take(coords, idx) if coords is not None else None
     kw = {} if force_drop is None else {"force_drop": force_drop}
     pred = model(ctx_coords, ctx_values, t, q_coords, q_values, labels=labels, cond=cond, **kw)
-    return (pred.float() - target.float()).square().mean()
+    err = (pred.float() - target.float()).square()
+    return err.mean() if reduction == "mean" else err.flatten(1).mean(1)

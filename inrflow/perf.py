@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 
@@ -49,6 +50,7 @@ __all__ = [
     "op_cost",
     "parts_table",
     "roofline_seconds",
+    "training_flops_per_sample",
     "training_step_estimate",
 ]
 
@@ -294,7 +296,7 @@ def _meta_model(size: str, form: str, dtype: torch.dtype = torch.float32, **over
     with torch.device("meta"):
         model = build_model(size, encoder_form=form, **overrides).to(dtype)
         for m in model.modules():  # what _apply does off meta: frequencies, centres stay fp32
-            for name in ("freqs", "centers"):
+            for name in ("freqs", "centers", "cell"):
                 buf = getattr(m, name, None)
                 if isinstance(buf, torch.Tensor) and buf.dtype != torch.float32:
                     setattr(m, name, torch.empty(buf.shape, dtype=torch.float32))
@@ -337,6 +339,39 @@ def model_costs(
     if training:  # backward work is attributed to parts only roughly: keep the totals
         return {"total": costs["total"]}
     return costs
+
+
+def training_flops_per_sample(config, context: int, queries: int) -> float:
+    """Counted FLOPs of one training sample (forward + backward) of the model ``config``
+    describes, with ``context`` context points and ``queries`` query points: the "model FLOPs"
+    of throughput and MFU reports (torchtitan's convention: the work the model does, not what
+    recomputation under activation checkpointing adds). Runs on meta tensors.
+    """
+    from inrflow.model import INRFlow
+
+    with torch.device("meta"):
+        model = INRFlow(config)
+    c, d = config.value_dim, config.coord_dim
+
+    def pairs(n: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        coords = None if config.coords_are_values else torch.zeros(1, n, d, device="meta")
+        return coords, torch.empty(1, n, c, device="meta")
+
+    ctx_coords, ctx_values = pairs(context)
+    q_coords, q_values = pairs(queries)
+    labels = torch.zeros(1, dtype=torch.long, device="meta") if config.num_classes else None
+    cond = (
+        torch.empty(1, max(1, config.cond_tokens), config.cond_dim, device="meta")
+        if config.cond_dim
+        else None
+    )
+    t = torch.empty(1, device="meta")
+
+    def run() -> None:
+        out = model(ctx_coords, ctx_values, t, q_coords, q_values, labels=labels, cond=cond)
+        out.float().square().mean().backward()
+
+    return count(run)["total"].flops
 
 
 def parts_table(
@@ -472,7 +507,24 @@ def main() -> None:  # pragma: no cover - prints the tables of docs/PERFORMANCE.
     parser.add_argument("--sizes", default="S,B,L,XL")
     parser.add_argument("--per-gpu-batch", type=int, default=64)
     parser.add_argument("--mfu", type=float, default=0.4)
+    parser.add_argument(
+        "--memory",
+        action="store_true",
+        help="peak memory of one training step and the largest batch per GPU (inrflow.memory)",
+    )
+    parser.add_argument("--size", default="XL", help="--memory: the image preset")
+    parser.add_argument("--resolution", type=int, default=256, help="--memory: context side")
+    parser.add_argument("--queries", type=int, default=16384, help="--memory: queries per sample")
+    parser.add_argument("--batch", type=int, default=32, help="--memory: batch per GPU to report")
+    parser.add_argument(
+        "--validate",
+        action="store_true",
+        help="--memory: compare the estimator with real fp32 CPU steps of tiny and S first",
+    )
     args = parser.parse_args()
+    if args.memory:
+        _memory_main(args)
+        return
     sizes = tuple(args.sizes.split(","))
     print("## Forward GFLOPs per sample (context 256^2)\n")
     print(parts_table(sizes))
@@ -488,6 +540,34 @@ def main() -> None:  # pragma: no cover - prints the tables of docs/PERFORMANCE.
     print(f"\n## XL training step estimate, {args.per_gpu_batch} samples per GPU, MFU {args.mfu}\n")
     for k, v in est.items():
         print(f"- {k}: {v:,.4g}")
+
+
+def _memory_main(args) -> None:  # pragma: no cover - prints the table of docs/PERFORMANCE.md
+    from inrflow import memory
+
+    if args.validate:
+        print("| preset | batch | context | queries | measured MB | estimated MB | est / meas |")
+        print("|---|---|---|---|---|---|---|")
+        for size, batch, side, q in (("tiny", 16, 32, 512), ("S", 2, 32, 256)):
+            r = memory.measure_cpu_step(size, batch, side * side, q)
+            print(
+                f"| {size} | {batch} | {side}^2 | {q} | {r['measured'] / 1e6:,.0f} | "
+                f"{r['estimated'] / 1e6:,.0f} | {r['estimated'] / r['measured']:.2f} |"
+            )
+        print()
+    print(
+        f"## {args.size} training step, {args.resolution}^2 context, {args.queries:,} queries, "
+        "bf16 compute, fp32 master weights, AdamW, EMA (FSDP2)\n"
+    )
+    print(
+        memory.memory_table(
+            args.size,
+            args.resolution,
+            args.queries,
+            args.batch,
+            progress=lambda m: print(f"[{m}]", file=sys.stderr, flush=True),
+        )
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

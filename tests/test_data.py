@@ -89,6 +89,31 @@ def test_collate_draws_depend_only_on_each_sample_seed() -> None:
     assert "query_index" not in FlowCollate(num_queries=None)(items)
 
 
+def test_ot_pairing_reorders_each_clouds_noise_towards_its_points() -> None:
+    ds = ShapesDataset(64, 2)
+    items = [{**ds[(i, 50 + i)], "skipped": 0, "seed": 50 + i} for i in range(5)]
+    plain = FlowCollate(None, num_classes=7)(items)
+    paired = FlowCollate(None, num_classes=7, pairing="ot")(items)
+    for key in ("t", "labels", "values"):  # only the noise's order changes
+        torch.testing.assert_close(paired[key], plain[key], rtol=0, atol=0)
+    for i in range(5):
+        a, b = paired["noise"][i], plain["noise"][i]
+        order = torch.cdist(a, b).argmin(1)
+        assert sorted(order.tolist()) == list(range(64))
+        torch.testing.assert_close(a, b[order], rtol=0, atol=0)
+        x1 = plain["values"][i]
+        assert ((a - x1) ** 2).sum() < 0.8 * ((b - x1) ** 2).sum()
+    halves = [
+        FlowCollate(None, num_classes=7, pairing="ot")(items[k]) for k in (slice(0, 2), slice(2, 5))
+    ]
+    torch.testing.assert_close(paired["noise"], torch.cat([h["noise"] for h in halves]))
+    image_item = {"values": torch.randn(4, 1), "coords": torch.rand(4, 2), "skipped": 0, "seed": 1}
+    with pytest.raises(ValueError, match="point cloud"):
+        FlowCollate(None, pairing="ot")([image_item])
+    with pytest.raises(ValueError, match="pairing"):
+        FlowCollate(None, pairing="sinkhorn")
+
+
 def test_label_dropout_rate() -> None:
     items = [
         {"values": torch.zeros(4, 1), "label": torch.tensor(1), "skipped": 0, "seed": s}

@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from inrflow.flow import TIME_EPS, cicfm_loss, interpolate, sample_time, target_velocity
+from inrflow.flow import (
+    TIME_EPS,
+    cicfm_loss,
+    interpolate,
+    ot_pair_noise,
+    sample_time,
+    target_velocity,
+)
 from inrflow.model import build_model, grid_coords
 
 
@@ -112,3 +119,48 @@ def test_cicfm_input_errors() -> None:
         cicfm_loss(probe, torch.rand(1, 5, 2), torch.rand(1, 6, 3), 2)
     with pytest.raises(ValueError, match="noise"):
         cicfm_loss(probe, torch.rand(1, 5, 2), torch.rand(1, 5, 3), 2, noise=torch.rand(1, 4, 3))
+
+
+def test_time_location_moves_logit_normal_times_towards_the_data() -> None:
+    g = torch.Generator().manual_seed(0)
+    t = sample_time(100_000, dist="logit_normal", loc=1.5, generator=g)
+    logit = torch.logit(t.double())
+    assert abs(logit.mean().item() - 1.5) < 0.02 and abs(logit.std().item() - 1.0) < 0.02
+    assert (t > 0.7).float().mean() > 0.6  # loc 0 puts ~20% there
+
+
+def test_ot_pairing_is_the_optimal_permutation() -> None:
+    from scipy.optimize import linear_sum_assignment
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 256):
+        noise, points = torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g) * 2 - 1
+        paired = ot_pair_noise(noise, points)
+        # a permutation of the noise rows
+        order = torch.cdist(paired, noise).argmin(1)
+        assert sorted(order.tolist()) == list(range(n))
+        torch.testing.assert_close(paired, noise[order])
+        # total squared distance: the optimum scipy finds, never above the identity pairing's
+        cost = ((paired - points) ** 2).sum().item()
+        c = ((points[:, None, :] - noise[None, :, :]) ** 2).sum(-1).double().numpy()
+        rows, cols = linear_sum_assignment(c)
+        assert cost == pytest.approx(c[rows, cols].sum(), rel=1e-5)
+        assert cost <= ((noise - points) ** 2).sum().item() + 1e-6
+    with pytest.raises(ValueError, match=r"\[N, c\]"):
+        ot_pair_noise(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def test_per_sample_loss_reduction() -> None:
+    model = build_model("tiny", "pointcloud", value_dim=3, num_classes=0)
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(3, 32, 3, generator=g) * 2 - 1
+    t, noise = torch.tensor([0.2, 0.5, 0.9]), torch.randn(3, 32, 3, generator=g)
+    kw = dict(t=t, noise=noise)
+    mean = cicfm_loss(model, None, values, None, **kw)
+    per = cicfm_loss(model, None, values, None, reduction="per_sample", **kw)
+    assert per.shape == (3,)
+    torch.testing.assert_close(per.mean(), mean)
+    single = cicfm_loss(model, None, values[1:2], None, t=t[1:2], noise=noise[1:2])
+    torch.testing.assert_close(per[1], single, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        cicfm_loss(model, None, values, None, reduction="sum", **kw)

@@ -61,7 +61,8 @@ def build_dataset(
     (.npy/.npz), or a folder of PDB/mmCIF files (or any path with ``task="protein"``).
 
     ``split`` (proteins): ``all``, ``train`` or ``test`` (every 10th chain held out);
-    ``protein_frame`` and ``rotate``: see :class:`ProteinDataset` (``frame``, ``rotate``).
+    ``protein_frame`` and ``rotate``: see :class:`ProteinDataset` (``frame``, ``rotate``);
+    ``rotate`` also gives the bundled shapes random orientations (:class:`ShapesDataset`).
     A path that does not exist or holds no usable files raises at once, with the path.
     """
     name = str(spec)
@@ -77,7 +78,7 @@ def build_dataset(
     if name == "digits":
         return DigitsDataset(resolution or 8)
     if name == "shapes":
-        return ShapesDataset(num_points or 512)
+        return ShapesDataset(num_points or 512, rotate=rotate)
     path = Path(name).expanduser()
     if not path.exists():
         raise FileNotFoundError(

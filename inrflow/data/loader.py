@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from inrflow.flow import sample_time
+from inrflow.flow import PAIRINGS, ot_pair_noise, sample_time
 
 from .base import CoordinateDataset
 
@@ -105,6 +105,10 @@ class FlowCollate:
     ``noise`` [B, N, c], ``query_index`` [B, Q] / ``context_index`` [B, M] (absent when all
     pairs are used), ``skipped`` (unreadable files passed over, a scalar) and ``skipped_index``
     (their dataset indices, 1-D int64; a file met in several items is listed each time).
+
+    ``pairing="ot"`` (point clouds only, items without ``coords``) reorders each sample's noise
+    to its optimal matching with the sample's points (:func:`inrflow.flow.ot_pair_noise`);
+    ``"random"`` keeps the draw's order. ``time_loc`` shifts the logit-normal times.
     """
 
     def __init__(
@@ -114,7 +118,12 @@ class FlowCollate:
         num_classes: int = 0,
         label_dropout: float = 0.1,
         time_dist: str = "logit_normal",
+        time_loc: float = 0.0,
+        pairing: str = "random",
     ) -> None:
+        if pairing not in PAIRINGS:
+            raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
+        self.time_loc, self.pairing = time_loc, pairing
         self.num_queries, self.num_context = num_queries, num_context
         self.num_classes, self.label_dropout, self.time_dist = (
             num_classes,
@@ -127,6 +136,11 @@ class FlowCollate:
         b, n, c = values.shape
         out: dict[str, torch.Tensor] = {"values": values}
         if "coords" in items[0]:
+            if self.pairing == "ot":
+                raise ValueError(
+                    "pairing 'ot' reorders noise among a sample's points, which only a point "
+                    "cloud (values without coordinates) allows"
+                )
             out["coords"] = torch.stack([it["coords"] for it in items])
         q = self.num_queries if self.num_queries is not None and self.num_queries < n else None
         m = self.num_context if self.num_context is not None and self.num_context < n else None
@@ -137,8 +151,10 @@ class FlowCollate:
         c_idx = torch.empty(b, m, dtype=torch.long) if m else None
         for i, it in enumerate(items):
             g = torch.Generator().manual_seed(mix_seed(int(it["seed"]), 0, salt=0xF10E))
-            t[i] = sample_time(1, dist=self.time_dist, generator=g)[0]
+            t[i] = sample_time(1, dist=self.time_dist, generator=g, loc=self.time_loc)[0]
             noise[i] = torch.randn(n, c, generator=g)
+            if self.pairing == "ot":
+                noise[i] = ot_pair_noise(noise[i], values[i])
             if q_idx is not None:
                 q_idx[i] = torch.rand(n, generator=g).topk(q, sorted=False).indices
             if c_idx is not None:

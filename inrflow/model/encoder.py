@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inrflow import ops
+from inrflow.ops import _checks
 
 from .attention import CrossAttention
 from .blocks import AdaLN, _norm
@@ -132,14 +133,14 @@ class LocalEncoder(_GroupedEncoder):
         k_lat, heads, d = q.shape
         groups, tokens = b * k_lat, xs.shape[0]
         p = tokens // groups
-        equal = offsets.is_meta or torch.equal(  # meta: shapes only (FLOP counting)
-            offsets.long(), torch.arange(groups + 1, device=offsets.device) * p
+        message = (
+            "encoder_form='dense' needs every latent to own the same number of points "
+            "(e.g. a full image raster on a grid of latents); use 'folded' otherwise"
         )
-        if p * groups != tokens or not equal:
-            raise ValueError(
-                "encoder_form='dense' needs every latent to own the same number of points "
-                "(e.g. a full image raster on a grid of latents); use 'folded' otherwise"
-            )
+        if p * groups != tokens:
+            raise ValueError(message)
+        equal = offsets.long() == torch.arange(groups + 1, device=offsets.device) * p
+        _checks.assert_values(equal.all(), message)  # no host sync on GPUs; none on meta
         k = self.k(xs).view(groups, p, heads, d).transpose(1, 2)  # [B*K, heads, P, D]
         v = self.v(xs).view(groups, p, heads, d).transpose(1, 2)
         q_b = q.unsqueeze(0).expand(b, -1, -1, -1).reshape(groups, heads, 1, d).to(k.dtype)

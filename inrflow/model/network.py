@@ -13,6 +13,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from inrflow.ops import _checks
+
 from .attention import RMSNorm, rope_tables
 from .blocks import AdaLN, DecoderBlock, DiTBlock, FinalLayer
 from .config import INRFlowConfig
@@ -229,12 +231,12 @@ class INRFlow(nn.Module):
             raise TypeError(f"labels must be an integer tensor, got {labels.dtype}")
         if labels.shape != (b,):
             raise ValueError(f"labels must have shape [{b}], got {tuple(labels.shape)}")
-        lo, hi = torch.stack([labels.min(), labels.max()]).tolist() if labels.numel() else (0, 0)
-        if lo < 0 or hi > self.config.num_classes:  # one device sync; a bad index would assert
-            raise ValueError(
-                f"labels must lie in [0, {self.config.num_classes}] "
-                f"({self.config.num_classes} = null class)"
-            )
+        n = self.config.num_classes
+        # a bad index would fail inside the embedding; checked without a host sync on GPUs
+        _checks.assert_values(
+            ((labels >= 0) & (labels <= n)).all(),
+            f"labels must lie in [0, {n}] ({n} = null class)",
+        )
         return labels.long()
 
     # -------------------------------------------------------------------------------------------
@@ -256,6 +258,17 @@ class INRFlow(nn.Module):
         b = values.shape[0]
         c, memory = self._conditioning(t, labels, cond, force_drop, b, values.device)
         lat, tokens = self.encoder(coords, values, c, self.grouping)  # [B, K, H], [B, N, H]
+        lat, rope, memory = self._trunk_inputs(lat, tokens, memory)
+        for blk in self.blocks:
+            lat = blk(lat, c, rope, memory)
+        return self._decoder_inputs(lat, c)
+
+    # The root's own work is split at the calls of the encoder and the trunk blocks (their own
+    # FSDP2 units): ``inrflow.train.parallelize.apply_compile`` compiles each piece.
+    COMPILED_METHODS = ("_conditioning", "_trunk_inputs", "_decoder_inputs", "_decode")
+
+    def _trunk_inputs(self, lat, tokens, memory):
+        """Latent positions (added, and RoPE tables) and the trunk's cross-attention memory."""
         rope = None
         if self.latent_pos is not None:
             lat = lat + self.latent_pos(self.grouping.centers).to(lat.dtype).unsqueeze(0)
@@ -264,8 +277,10 @@ class INRFlow(nn.Module):
                 rope = rope_tables(pos, self.config.head_dim, self.config.rope_theta)
         if self.config.trunk_reads_context:
             memory = tokens if memory is None else torch.cat([memory, tokens], dim=1)
-        for blk in self.blocks:
-            lat = blk(lat, c, rope, memory)
+        return lat, rope, memory
+
+    def _decoder_inputs(self, lat: torch.Tensor, c: torch.Tensor) -> Encoded:
+        """Everything of the decoder that does not depend on the queries."""
         dec_mods = [blk.adaLN(c) for blk in self.decoder]
         dec_kv = [blk.attn.memory_kv(lat) for blk in self.decoder]
         return Encoded(lat, c, dec_mods, dec_kv, self.final.adaLN(c))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from inrflow import ops
+from inrflow.ops import _checks
 from inrflow.ops.pseudo_coords import (
     grid_coords,
     hash_assign,
@@ -74,6 +75,9 @@ class LatentGrouping(nn.Module):
         else:  # random, kmeans++: the mean spacing of K points in the domain
             self.spacing = [extent / num_latents ** (1.0 / dim)] * dim
         self.register_buffer("centers", torch.empty(num_latents, dim), persistent=False)
+        # the cell size per axis on the model's device: a tensor built from the Python list at
+        # every step would be a host->device copy, which waits for the device
+        self.register_buffer("cell", torch.empty(dim), persistent=False)
         if not self.centers.is_meta:
             self.reset_buffers()
 
@@ -97,33 +101,49 @@ class LatentGrouping(nn.Module):
         else:
             raise ValueError(f"unknown pseudo-coordinates {self.kind!r}")
         self.centers = c.to(device=self.centers.device, dtype=torch.float32).reshape(k, d)
+        self.cell = torch.tensor(self.spacing, dtype=torch.float32, device=self.centers.device)
 
     def _apply(self, fn, recurse=True):
         # keep the pseudo-coordinates exact (float32) when the model is cast to half precision
         super()._apply(fn, recurse)
-        if self.centers.dtype != torch.float32 and not self.centers.is_meta:
+        stale = any(b.dtype != torch.float32 for b in (self.centers, self.cell))
+        if stale and not self.centers.is_meta:
             self.reset_buffers()
         return self
 
     def positions(self) -> torch.Tensor:
         """Pseudo-coordinates in cell units ``[K, d]`` (for RoPE)."""
-        spacing = torch.tensor(self.spacing, device=self.centers.device)
-        return (self.centers - self.low) / spacing
+        return (self.centers - self.low) / self.cell
 
     def assign(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``coords`` ``[B, N, d]`` -> (latent ``[B, N]`` int64, position in cell ``[B, N, d]``)."""
+        """``coords`` ``[B, N, d]`` -> (latent ``[B, N]`` int64, position in cell ``[B, N, d]``).
+
+        NaN/inf coordinates make "nearest" meaningless: checked here once, without a host sync
+        on accelerators (:func:`inrflow.ops._checks.assert_values`), so the ops skip theirs.
+        """
+        used = coords[..., :1] if self.kind == "residue" else coords
+        _checks.assert_values(
+            torch.isfinite(used).all(), "coordinates contain NaN or infinite values"
+        )
         if self.kind == "hash":
             idx, anchor = hash_assign(
-                coords, self.hash_resolution, self.num_latents, self.low, self.high, self.seed
+                coords,
+                self.hash_resolution,
+                self.num_latents,
+                self.low,
+                self.high,
+                self.seed,
+                validate=False,
             )
         else:
+            lo, hi = self.low, self.high
             if self.kind == "grid":
-                idx = ops.grid_assign(coords, self.grid_shape, self.low, self.high)
+                idx = ops.grid_assign(coords, self.grid_shape, lo, hi, validate=False)
             elif self.kind == "residue":
-                idx = ops.grid_assign(coords[..., :1], (self.num_latents,), self.low, self.high)
+                idx = ops.grid_assign(coords[..., :1], (self.num_latents,), lo, hi, validate=False)
             else:
-                idx = ops.nearest_assign(coords, self.centers.to(coords.dtype))
+                centers = self.centers.to(coords.dtype)
+                idx = ops.nearest_assign(coords, centers, validate=False)
             idx = idx.long()
             anchor = self.centers.to(coords.dtype)[idx]
-        spacing = torch.tensor(self.spacing, device=coords.device, dtype=coords.dtype)
-        return idx, (coords - anchor) / spacing
+        return idx, (coords - anchor) / self.cell.to(coords.dtype)

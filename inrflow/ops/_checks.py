@@ -9,6 +9,7 @@ and skip them under ``torch.compile`` tracing and for meta tensors, where values
 from __future__ import annotations
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 INDEX_DTYPES = (torch.int32, torch.int64)
@@ -58,6 +59,24 @@ def integer(op: str, name: str, value: object, minimum: int | None = None) -> in
     if minimum is not None and value < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum}; got {value}")
     return value
+
+
+def assert_values(ok: torch.Tensor, message: str, error: type[Exception] = ValueError) -> None:
+    """Check a boolean scalar tensor of *values* without stalling an accelerator.
+
+    Reading a device tensor on the host waits for every queued kernel (a sync per call, per
+    step). So: an eager host (CPU) tensor is read at once and raises ``error(message)`` there,
+    where that read costs nothing; on an accelerator, under ``torch.compile`` tracing and for
+    fake tensors the check is queued with ``torch._assert_async`` (the device fails with
+    ``message`` when it reaches it, the host runs on); meta tensors have no values to check.
+    """
+    if ok.device.type == "meta":
+        return
+    if ok.device.type == "cpu" and not torch.compiler.is_compiling() and not is_fake(ok):
+        if not bool(ok):
+            raise error(message)
+        return
+    torch._assert_async(ok, message)
 
 
 def values_checkable(validate: bool, *tensors: torch.Tensor) -> bool:

@@ -106,6 +106,8 @@ def hash_assign(
     low: float,
     high: float,
     seed: int = 0,
+    *,
+    validate: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Spatial hash: voxel of each point -> bucket in ``[0, num_buckets)``.
 
@@ -113,13 +115,14 @@ def hash_assign(
     (:func:`inrflow.ops.grid_assign`; points outside clamp to the boundary voxel). Returns
     ``(assign [..., N] int64, voxel_centre [..., N, d])``. Points in one voxel always share a
     bucket; different voxels collide pseudo-randomly (deterministically for a seed).
+    ``validate=False`` skips the NaN/inf check of :func:`inrflow.ops.grid_assign` (a host sync).
     """
     d = points.shape[-1]
     if d > len(_HASH_PRIMES):
         raise ValueError(f"hash_assign supports up to {len(_HASH_PRIMES)} dims, got {d}")
     cell = (high - low) / resolution
     pts = points if points.is_floating_point() else points.float()
-    flat = grid_assign(pts, [resolution] * d, low, high)
+    flat = grid_assign(pts, [resolution] * d, low, high, validate=validate)
     axes = []
     for _ in range(d):  # unravel the row-major flat index, last axis fastest
         axes.append(flat % resolution)

@@ -1,7 +1,9 @@
 """Rank-0 run logging: progress bar, CSV of every step, TensorBoard scalars, the loss plot.
 
 ``metrics.csv`` holds one row per step (loss written with full float precision, so runs can be
-compared exactly). On resume, rows after the restored step are dropped first, and TensorBoard is
+compared exactly) with that step's throughput: samples/s (global), achieved TFLOP/s per device
+and MFU (:mod:`inrflow.train.throughput`; ``nan`` where not available, e.g. MFU on a CPU without
+``--peak-tflops``). On resume, rows after the restored step are dropped first, and TensorBoard is
 told to purge them, so the logs read as one uninterrupted run.
 """
 
@@ -18,15 +20,31 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from .throughput import Throughput
+
 __all__ = ["CSV_FIELDS", "MetricLogger", "plot_loss", "read_metrics"]
 
-CSV_FIELDS = ("step", "loss", "grad_norm", "lr", "skipped", "time")
+CSV_FIELDS = (
+    "step",
+    "loss",
+    "grad_norm",
+    "lr",
+    "skipped",
+    "time",
+    "samples_per_s",
+    "tflops",
+    "mfu",
+)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, float]]:
     """Rows of a ``metrics.csv`` as floats."""
     with open(path, newline="") as f:
-        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+        # a run resumed from before a column existed has rows without it: left out of the row
+        return [
+            {k: float(v) for k, v in row.items() if k is not None and v not in (None, "")}
+            for row in csv.DictReader(f)
+        ]
 
 
 def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path | None:
@@ -64,6 +82,11 @@ def plot_loss(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Path 
     return png_path
 
 
+def _show(value: float, fmt: str) -> str:
+    """A rate for the console, ``n/a`` where it is not available."""
+    return fmt.format(value) if math.isfinite(value) else "n/a"
+
+
 class MetricLogger:
     """Does nothing on ranks other than 0.
 
@@ -82,9 +105,11 @@ class MetricLogger:
         log_every: int,
         tensorboard: bool,
         progress: bool | None = None,
+        throughput: Throughput | None = None,
     ) -> None:
         self.enabled = enabled
         self.total_steps = total_steps
+        self.throughput = throughput
         self.samples_per_step = samples_per_step
         self.log_every = log_every
         self.csv_path = out / "metrics.csv"
@@ -122,6 +147,7 @@ class MetricLogger:
                 unit="step",
             )
         self._t_last, self._step_last = time.perf_counter(), start_step
+        self._t_row = self._t_last
         self._losses: list[float] = []
 
     def _truncate_csv(self, start_step: int) -> None:
@@ -131,7 +157,8 @@ class MetricLogger:
             rows = list(csv.reader(f))
         if not rows:
             return
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
+        # the current header, also over rows of an older version with fewer columns
+        kept = [list(CSV_FIELDS)] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
@@ -139,8 +166,12 @@ class MetricLogger:
         """Record step ``step`` (1-based: the number of steps done)."""
         if not self.enabled:
             return
+        now = time.perf_counter()
+        row = self._rates(now - self._t_row)
+        self._t_row = now
         self._csv.writerow(
             [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{time.time():.3f}"]
+            + [f"{row[k]:.6g}" for k in ("samples_per_s", "tflops", "mfu")]
         )
         if self.bar is not None:
             self.bar.update(1)
@@ -152,17 +183,22 @@ class MetricLogger:
             self._t_last, self._step_last = now, step
             mean = sum(self._losses) / max(len(self._losses), 1)
             self._losses.clear()
+            rates = self._rates(1.0 / max(steps_s, 1e-12))
+            tflops, mfu = _show(rates["tflops"], "{:.1f}"), _show(rates["mfu"], "{:.1%}")
             if self.bar is not None:
                 self.bar.set_postfix(
                     loss=f"{mean:.4f}",
                     steps_s=f"{steps_s:.2f}",
-                    samples_s=f"{steps_s * self.samples_per_step:.0f}",
+                    samples_s=f"{rates['samples_per_s']:.0f}",
+                    tflops=tflops,
+                    mfu=mfu,
                     refresh=False,
                 )
             else:
                 print(
                     f"[inrflow] step {step}/{self.total_steps} loss {mean:.4f} "
-                    f"{steps_s:.3g} steps/s {steps_s * self.samples_per_step:.3g} samples/s",
+                    f"{steps_s:.3g} steps/s {rates['samples_per_s']:.3g} samples/s "
+                    f"{tflops} TFLOP/s MFU {mfu}",
                     flush=True,
                 )
             self._csv_file.flush()
@@ -173,10 +209,17 @@ class MetricLogger:
                     "train/grad_norm": grad_norm,
                     "train/lr": lr,
                     "perf/steps_per_s": steps_s,
-                    "perf/samples_per_s": steps_s * self.samples_per_step,
+                    "perf/samples_per_s": rates["samples_per_s"],
                     "data/skipped_files": skipped,
+                    **{f"perf/{k}": rates[k] for k in ("tflops", "mfu") if math.isfinite(rates[k])},
                 },
             )
+
+    def _rates(self, seconds_per_step: float) -> dict[str, float]:
+        if self.throughput is not None:
+            return self.throughput.rates(seconds_per_step)
+        samples = self.samples_per_step / max(seconds_per_step, 1e-12)
+        return {"samples_per_s": samples, "tflops": math.nan, "mfu": math.nan}
 
     def scalars(self, step: int, values: dict[str, Any]) -> None:
         if self.enabled and self.writer is not None:

@@ -1,4 +1,4 @@
-"""Activation checkpointing, per-block ``torch.compile`` and FSDP2 sharding, in that order.
+"""Activation checkpointing, whole-model ``torch.compile`` and FSDP2 sharding, in that order.
 
 FSDP2 units: the encoder, every trunk block, then the root. The root keeps the embeddings, the
 decoder blocks and the final layer: ``INRFlow.encode`` precomputes the decoder's keys/values and
@@ -30,16 +30,29 @@ def apply_activation_checkpointing(model: INRFlow) -> None:
         model.blocks[i] = checkpoint_wrapper(block, preserve_rng_state=False)
 
 
-def apply_compile(model: INRFlow) -> None:
-    """``torch.compile`` every trunk block (before sharding, so FSDP2's hooks stay outside the
-    compiled code). The ``_orig_mod.`` this adds to parameter names is removed again by
+def apply_compile(model: INRFlow, backend: str = "inductor") -> None:
+    """``torch.compile`` the whole model, one graph per piece between FSDP2 unit boundaries.
+
+    The encoder and every trunk block are replaced by their compiled wrappers (before sharding,
+    so FSDP2's hooks stay outside the compiled code; activation checkpointing, applied first, is
+    traced inside). The root's own work, the conditioning, the latent positions, the decoder's
+    keys/values and modulations, and the decoder with its query embeddings and final layer (the
+    largest part at 16,384 queries), runs as compiled methods
+    (:attr:`~inrflow.model.INRFlow.COMPILED_METHODS`). The inrflow ops are traced through their
+    fake kernels. The ``_orig_mod.`` this adds to parameter names is removed again by
     ``get_model_state_dict`` and :func:`~inrflow.train.optim.clean_name`.
 
     Args:
-        model: the model whose ``blocks`` are replaced by their compiled wrappers.
+        model: the model, compiled in place.
+        backend: the ``torch.compile`` backend (``"aot_eager"`` checks the graphs without
+            generating code: the GPU check's dry run).
     """
+    opts = {"dynamic": False, "backend": backend}
+    model.encoder = torch.compile(model.encoder, **opts)
     for i, block in enumerate(model.blocks):
-        model.blocks[i] = torch.compile(block, dynamic=False)
+        model.blocks[i] = torch.compile(block, **opts)
+    for name in model.COMPILED_METHODS:  # instance attributes shadow the (eager) methods
+        setattr(model, name, torch.compile(getattr(model, name), **opts))
 
 
 def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
@@ -80,11 +93,12 @@ def parallelize(
     param_dtype: torch.dtype | None = None,
     activation_checkpointing: bool = False,
     compile: bool = False,
+    compile_backend: str = "inductor",
 ) -> nn.Module:
     """Apply activation checkpointing, compile and FSDP2 to ``model`` (in place) and return it."""
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
-        apply_compile(model)
+        apply_compile(model, compile_backend)
     apply_fsdp(model, mesh, param_dtype)
     return model
