@@ -19,6 +19,7 @@ from inrflow.data.proteins import (
     AMINO_ACIDS,
     FEATURE_NAMES,
     NUM_ATOM_FEATURES,
+    Chain,
     ProteinDataset,
     atom_features,
     bundled_protein_files,
@@ -235,6 +236,36 @@ def test_atom_prediction_reads_its_own_residue_latent(dataset: ProteinDataset) -
     assert change[res != 5].max() == 0.0
 
 
+def test_rope_over_residue_latents_is_one_dimensional(dataset: ProteinDataset, monkeypatch) -> None:
+    """RoPE in the trunk rotates by the residue index alone (cell units: i + 0.5), whatever the
+    width of the atom features, so it fits a head of 16 channels; and it changes the output."""
+    import inrflow.model.network as network
+
+    ds = dataset
+    kw = dict(coord_dim=ds.coord_dim, num_latents=ds.max_residues)
+    on = build_model("tiny", "protein", rope=True, **kw)
+    assert on.config.rope_dim == 1 and on.config.head_dim == 16 < 2 * on.config.feature_dim
+    off = build_model("tiny", "protein", rope=False, **kw)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in on.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    off.load_state_dict(on.state_dict())
+    seen = []
+    real_tables = network.rope_tables
+    monkeypatch.setattr(
+        network, "rope_tables", lambda pos, *a: seen.append(pos) or real_tables(pos, *a)
+    )
+    ex = ds.example(0)
+    coords, values = ex["coords"][None], torch.randn(1, ds.num_atoms, 3)
+    with torch.no_grad():
+        a = on(coords, values, torch.tensor([0.4]), coords, values)
+        b = off(coords, values, torch.tensor([0.4]), coords, values)
+    (pos,) = seen
+    torch.testing.assert_close(pos, torch.arange(ds.max_residues).float()[:, None] + 0.5)
+    assert not torch.allclose(a, b)
+
+
 def test_value_embedding_sees_the_magnitude() -> None:
     """LN(W v) is blind to |v| (until its bias learns otherwise); the Fourier branch is not."""
     from inrflow.model.embeddings import ValueEmbedder
@@ -317,14 +348,32 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path, capsys) -> None:
     for f in files[:10]:  # 9 train chains, 1 held out
         shutil.copy(f, data)
     out = tmp_path / "run"
-    argv = ["--preset", "protein", "--data", str(data), "--steps", "3", "--batch-size", "2"]
+    argv = ["--preset", "protein", "--data", str(data), "--steps", "4", "--batch-size", "2"]
+    argv += ["--sample-every", "2", "--ckpt-every", "0"]
     argv += ["--max-residues", "176", "--sample-steps", "2", "--out", str(out), "--no-tensorboard"]
     assert train_main(argv) == 0
     scores = json.loads((out / "final_scores.json").read_text())
-    assert set(scores) == {"lddt_ca", "tm_score", "chains"} and len(scores["chains"]) == 1
+    assert set(scores) == {"lddt_ca", "tm_score", "chains", "train", "report"}
+    assert len(scores["chains"]) == 1 and len(scores["train"]["chains"]) == 9
     assert 0 <= scores["lddt_ca"] <= 1 and 0 < scores["tm_score"] <= 1
+    report = scores["report"]
+    assert set(report) == {"training", "held-out"}
+    for split in report.values():  # the model beside its baselines on both splits
+        assert set(split) == {"model", "untrained", "helix", "straight"}
+    assert report["held-out"]["model"]["chains"] == scores["chains"]
     (name,) = scores["chains"]
-    assert (out / "samples" / "final" / f"{name}_pred.pdb").exists()
+    assert (out / "samples" / "final" / "held-out" / f"{name}_pred.pdb").exists()
+    assert (out / "samples" / "final" / "training" / "traces.png").exists()
+    head, *rows = (out / "protein_scores.csv").read_text().splitlines()  # the learning curve
+    assert head.split(",")[:4] == [
+        "step",
+        "training_lddt_ca",
+        "training_tm_score",
+        "training_chains",
+    ]
+    # one evaluation at step 2, one at the end (not a periodic one and the final one at step 4)
+    assert [r.split(",")[0] for r in rows] == ["2", "4"]
+    assert all(r.split(",")[3] == "9" for r in rows)
     pred = tmp_path / "pred"
     argv = ["--ckpt", str(out), "--structures", files[0], "--steps", "2", "--out", str(pred)]
     capsys.readouterr()
@@ -333,3 +382,137 @@ def test_train_and_sample_protein_end_to_end(files, tmp_path, capsys) -> None:
     again = json.loads((pred / "scores.json").read_text())
     assert list(again["chains"]) == [parse_structure(files[0]).name]
     assert parse_structure(next(pred.glob("*_pred.pdb"))).length == parse_structure(files[0]).length
+
+
+def test_train_with_residue_embeddings_from_a_folder(files, tmp_path) -> None:
+    """The path to real data: a folder of PDBs and per-residue embeddings computed elsewhere
+    (e.g. a protein language model), one [L, E] array per chain keyed by the file stem. Two
+    steps train; the embeddings are the last E coordinate channels and the model reads them."""
+    from inrflow.train.config import PRESETS, TrainConfig
+    from inrflow.train.trainer import Trainer
+
+    data = tmp_path / "pdbs"
+    data.mkdir()
+    for f in files[:10]:
+        shutil.copy(f, data)
+    chains = [parse_structure(f) for f in files[:10]]
+    e = 7
+    rng = np.random.default_rng(0)
+    emb = {c.name: rng.standard_normal((c.length, e)).astype(np.float32) for c in chains}
+    np.savez(tmp_path / "emb.npz", **emb)
+    cfg = TrainConfig(**PRESETS["protein"])
+    cfg.data, cfg.residue_embeddings = str(data), str(tmp_path / "emb.npz")
+    cfg.steps, cfg.batch_size, cfg.sample_steps, cfg.max_residues = 2, 2, 2, 176
+    cfg.out, cfg.tensorboard, cfg.ckpt_every = str(tmp_path / "run"), False, 0
+    trainer = Trainer(cfg)
+    try:
+        ds = trainer.dataset
+        assert len(ds) == 9 and len(ds.heldout()) == 1  # every 10th chain is held out
+        assert ds.coord_dim == 1 + NUM_ATOM_FEATURES + e and ds.num_atoms == ds.shape[0]
+        cfg_m = trainer.model_config
+        assert cfg_m.coord_dim == ds.coord_dim and cfg_m.residue_vocab == 0
+        assert cfg_m.num_latents == 176 and trainer.model.residue_embed is None
+        batch = next(iter(trainer.loader))
+        assert batch["coords"].shape == (2, ds.num_atoms, ds.coord_dim)
+        ex = ds.example(0)
+        res = ds.chain(0).atom_residue[ex["atom_index"]]
+        np.testing.assert_array_equal(
+            ex["coords"][: ex["num_real"], -e:].numpy(), emb[ds.chain(0).name][res]
+        )
+        summary = trainer.train()
+        assert summary["step"] == 2 and 0 <= summary["train_lddt_ca"] <= 1
+        model = trainer.sample_model()
+        coords, values = ex["coords"][None], torch.randn(1, ds.num_atoms, 3)
+        shuffled = coords.clone()
+        shuffled[..., -e:] = shuffled[..., -e:].flip(1)  # other residues' embeddings
+        with torch.no_grad():
+            a = model(coords, values, torch.tensor([0.5]), coords, values)
+            b = model(shuffled, values, torch.tensor([0.5]), shuffled, values)
+        assert (a - b).abs().max() > 1e-6  # the embeddings reach the velocity
+    finally:
+        trainer.close()
+
+
+# --- scoring: idealised chains, the report -------------------------------------------------------
+
+
+def test_ideal_chains_have_the_peptide_spacing() -> None:
+    from inrflow.folding import CA_CA_DISTANCE, ideal_chain
+
+    for kind in ("helix", "straight"):
+        ca = ideal_chain(30, kind)
+        assert ca.shape == (30, 3)
+        steps = np.linalg.norm(np.diff(ca, axis=0), axis=1)
+        np.testing.assert_allclose(steps, CA_CA_DISTANCE, atol=0.05)
+    helix = ideal_chain(30, "helix")
+    i_3 = np.linalg.norm(helix[3:] - helix[:-3], axis=1)
+    i_4 = np.linalg.norm(helix[4:] - helix[:-4], axis=1)
+    # an α-helix: i->i+3 about 5.0-5.4 Å, i->i+4 about 6.2 Å (a straight chain: 11.4, 15.2)
+    assert np.all((i_3 > 4.8) & (i_3 < 5.6)) and np.all((i_4 > 5.8) & (i_4 < 6.6))
+    with pytest.raises(ValueError, match="kind"):
+        ideal_chain(5, "sheet")
+    with pytest.raises(ValueError, match="num_residues"):
+        ideal_chain(0)
+
+
+def _alanine_chain(ca: np.ndarray) -> Chain:
+    """A poly-alanine chain whose Cα atoms are ``ca``; the other heavy atoms sit near them."""
+    atoms, f = atom_features("ALA")
+    n = len(ca)
+    offsets = {a: np.eye(3)[k % 3] * (1 + k) * 0.3 for k, a in enumerate(atoms)}
+    xyz = np.concatenate(
+        [[ca[i] + (0 if a == "CA" else offsets[a]) for a in atoms] for i in range(n)]
+    )
+    return Chain(
+        name=f"helix{n}",
+        residues=np.full(n, AMINO_ACIDS.index("ALA")),
+        atom_residue=np.repeat(np.arange(n), len(atoms)),
+        atom_names=list(atoms) * n,
+        features=np.tile(f, (n, 1)),
+        xyz=xyz,
+        ca=np.arange(n) * len(atoms) + atoms.index("CA"),
+    )
+
+
+def test_ideal_chain_scores_are_the_metrics_of_the_ideal_trace() -> None:
+    from inrflow.folding import ideal_chain, ideal_chain_scores
+
+    helix = _alanine_chain(ideal_chain(40, "helix"))
+    other = _alanine_chain(ideal_chain(25, "straight") + np.array([0.0, 1.0, 0.0]))
+    ds = ProteinDataset("unused", chains=[helix, other])
+    s = ideal_chain_scores(ds, "helix")  # the helix scored against itself, rotated by its frame
+    assert s["chains"]["helix40"]["lddt_ca"] == pytest.approx(1.0)
+    assert s["chains"]["helix40"]["tm_score"] == pytest.approx(1.0, abs=1e-6)
+    straight = ideal_chain_scores(ds, "straight", [1])
+    assert list(straight["chains"]) == ["helix25"]  # chain 1 only (named by the helper)
+    assert (
+        straight["lddt_ca"] == pytest.approx(1.0)
+        and straight["chains"]["helix25"]["residues"] == 25
+    )
+    mixed = ideal_chain_scores(ds, "straight")
+    ca = helix.xyz[helix.ca]
+    expected = lddt(ideal_chain(40, "straight"), ca - ca.mean(0))
+    assert mixed["chains"]["helix40"]["lddt_ca"] == pytest.approx(expected)
+    assert mixed["lddt_ca"] == pytest.approx((expected + 1.0) / 2)
+
+
+def test_spaced_and_report_table() -> None:
+    from inrflow.folding import report_table, spaced
+
+    assert spaced(5, 12) == [0, 1, 2, 3, 4]
+    assert spaced(45, 12)[0] == 0 and spaced(45, 12)[-1] == 44 and len(spaced(45, 12)) == 12
+    with pytest.raises(ValueError):
+        spaced(3, 0)
+
+    def row(v: float, n: int) -> dict:
+        return {"lddt_ca": v, "tm_score": v / 2, "chains": dict.fromkeys(range(n))}
+
+    report = {
+        "training": {"model": row(0.6, 45), "helix": row(0.2, 45), "straight": row(0.08, 45)},
+        "held-out": {"model": row(0.15, 5), "helix": row(0.21, 5), "straight": row(0.07, 5)},
+    }
+    lines = report_table(report, "model (step 9)").splitlines()
+    assert "training chains (45)" in lines[0] and "held-out chains (5)" in lines[0]
+    assert lines[1].startswith("model (step 9)") and "0.600 / 0.300" in lines[1]
+    assert "0.150 / 0.075" in lines[1]
+    assert len(lines) == 4  # no untrained row when it was not scored

@@ -273,9 +273,8 @@ class INRFlow(nn.Module):
         if self.latent_pos is not None:
             lat = lat + self.latent_pos(self.grouping.centers).to(lat.dtype).unsqueeze(0)
             if self.config.rope:
-                rope = rope_tables(
-                    self.grouping.positions(), self.config.head_dim, self.config.rope_theta
-                )
+                pos = self.grouping.positions()[:, : self.config.rope_dim]
+                rope = rope_tables(pos, self.config.head_dim, self.config.rope_theta)
         if self.config.trunk_reads_context:
             memory = tokens if memory is None else torch.cat([memory, tokens], dim=1)
         return lat, rope, memory

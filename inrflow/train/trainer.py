@@ -54,6 +54,12 @@ __all__ = ["NonFiniteLossError", "Trainer", "dataset_info", "model_config_for"]
 _FSDP_VIEW_WARNING = r"FSDP2-wrapped module .* returned a view tensor"
 
 
+# training chains scored at the end of a protein run (all of the bundled set's 45), and at
+# the periodic evaluations (--sample-every) that trace the learning curve
+SCORED_TRAIN_CHAINS = 64
+SCORED_TRAIN_CHAINS_PERIODIC = 12
+
+
 class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
 
@@ -564,7 +570,10 @@ class Trainer:
                     if cfg.ckpt_every and self.step % cfg.ckpt_every == 0:
                         with watchdog.slow("saving a checkpoint"):
                             self.save_checkpoint()
-                    last = self.step == cfg.steps and cfg.final_samples > 0  # sampled below
+                    # sampled below (a protein run always scores its chains at the end)
+                    last = self.step == cfg.steps and (
+                        cfg.final_samples > 0 or self.dataset.domain == "protein"
+                    )
                     if cfg.sample_every and self.step % cfg.sample_every == 0 and not last:
                         with watchdog.slow("sampling"):
                             self.write_samples(logger)
@@ -807,25 +816,43 @@ class Trainer:
     def _evaluate_proteins(
         self, tag: str, logger: MetricLogger | None, result: dict[str, Any] | None = None
     ) -> Path | None:
-        """Sample one structure per held-out chain with the EMA weights; score and write PDBs.
+        """Sample one structure per held-out chain and per training chain (at most
+        ``SCORED_TRAIN_CHAINS``, evenly spread; ``SCORED_TRAIN_CHAINS_PERIODIC`` before the
+        end) with the EMA weights; score, write PDBs and trace pictures, and append the means
+        to ``protein_scores.csv`` (the learning curve). At the end of the run (``result``
+        given) the untrained model and the idealised chains are scored too: a model that
+        learns beats them on its training chains.
 
         A collective (EMA gather); the work and the files are rank 0's.
         """
-        from inrflow.folding import evaluate_structures
+        from inrflow.folding import report_table, spaced, structure_report
 
+        splits: dict[str, tuple[Any, list[int] | None]] = {
+            "training": (
+                self.dataset,
+                spaced(
+                    len(self.dataset),
+                    SCORED_TRAIN_CHAINS if result is not None else SCORED_TRAIN_CHAINS_PERIODIC,
+                ),
+            )
+        }
         heldout = self.dataset.heldout() if self.dataset.split == "train" else None
-        if heldout is None or len(heldout) == 0:
-            self._say("no held-out protein chains to evaluate")
-            return None
+        if heldout is not None and len(heldout):
+            splits["held-out"] = (heldout, None)
         model = self.sample_model()
         if model is None:
             return None
+        untrained = None
+        if result is not None:
+            torch.manual_seed(self.cfg.seed)  # the initial weights of this run (step 0)
+            untrained = INRFlow(self.model_config).to(self.device).eval()
         folder = self.out / "samples" / tag
         t0 = time.perf_counter()
         with nvtx_range("sample"):
-            scores = evaluate_structures(
+            report = structure_report(
                 model,
-                heldout,
+                splits,
+                untrained=untrained,
                 steps=self.cfg.sample_steps,
                 method=self.cfg.sample_method,
                 seed=self.cfg.seed + 1,
@@ -833,17 +860,20 @@ class Trainer:
             )
         seconds = time.perf_counter() - t0
         msg = (
-            f"step {self.step}: held-out chains ({len(heldout)}): Cα lDDT "
-            f"{scores['lddt_ca']:.3f}, TM-score {scores['tm_score']:.3f} "
-            f"({self.cfg.sample_method}, {self.cfg.sample_steps} steps, {seconds:.0f} s); "
-            f"PDBs in {folder}"
+            f"step {self.step}: structures sampled ({self.cfg.sample_method}, "
+            f"{self.cfg.sample_steps} steps, {seconds:.0f} s); PDBs and traces in {folder}\n"
+            + report_table(report, f"model (step {self.step})")
         )
         if logger is not None:
             logger.write(f"[inrflow] {msg}")
         else:
             self._say(msg)
+        _append_scores(self.out / "protein_scores.csv", self.step, report)
         if result is not None:
-            result.update(lddt_ca=scores["lddt_ca"], tm_score=scores["tm_score"])
+            main = report.get("held-out", report["training"])["model"]
+            scores = {**main, "train": report["training"]["model"], "report": report}
+            result.update(lddt_ca=main["lddt_ca"], tm_score=main["tm_score"])
+            result["train_lddt_ca"] = report["training"]["model"]["lddt_ca"]
             result["sample_seconds"] = seconds
             (self.out / "final_scores.json").write_text(json.dumps(scores, indent=1))
         return folder
@@ -863,6 +893,20 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         return trainer.train()
     finally:
         trainer.close()
+
+
+def _append_scores(path: Path, step: int, report: dict[str, Any]) -> None:
+    """One row per evaluation: step, then mean Cα lDDT and TM-score of the model per split."""
+    cols = [f"{split}_{m}" for split in report for m in ("lddt_ca", "tm_score", "chains")]
+    row = [str(step)]
+    for split in report.values():
+        s = split["model"]
+        row += [f"{s['lddt_ca']:.4f}", f"{s['tm_score']:.4f}", str(len(s["chains"]))]
+    new = not path.exists()
+    with path.open("a") as fh:
+        if new:
+            fh.write(",".join(["step", *cols]) + "\n")
+        fh.write(",".join(row) + "\n")
 
 
 def _quiet(msg: str) -> None:
