@@ -1,6 +1,6 @@
 """nearest_assign and group_layout: eager composition vs torch.compile of it vs extension.
 
-The CPU yardstick (issue 6) is B = 8 samples x N = 65,536 points x K = 1,024 random centres, d = 2
+The CPU yardstick is B = 8 samples x N = 65,536 points x K = 1,024 random centres, d = 2
 and d = 3, fp32:
 * nearest: the extension (``inrflow.ops.nearest_assign``, validation included) >= 10x faster than
   the eager ``torch.cdist(points, centers).argmin(-1)`` composition and >= 3x faster than

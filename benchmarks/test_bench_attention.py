@@ -1,7 +1,7 @@
 """grouped_cross_attention forward + backward: eager reference vs torch.compile(reference) vs
 extension, plus a padded-SDPA baseline (every group padded to the longest, masked SDPA).
 
-CPU yardsticks (issue 7), fp32:
+CPU yardsticks, fp32:
   (a) ``uniform``: 8 x 1024 groups of 64 keys, Hq = Hkv = 12, D = 64;
   (b) ``zipf``: the same 524,288 tokens over 8192 groups with Zipf(1) sizes (largest ~54k keys);
   (c) ``folded``: the folded-key encoder shape, Hq = 16, Hkv = 1, D = Dv = 1152, 1024 groups of
@@ -29,7 +29,7 @@ from inrflow.ops import reference
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-# name -> (groups, keys per group or "zipf", Hq, Hkv, D): issue 7's yardsticks
+# name -> (groups, keys per group or "zipf", Hq, Hkv, D): the full-size yardsticks
 LARGE_SHAPES = {
     "uniform": (8 * 1024, 64, 12, 12, 64),
     "zipf": (8 * 1024, "zipf", 12, 12, 64),

@@ -1,6 +1,6 @@
 """fourier_embed forward + backward: eager reference vs torch.compile(reference) vs extension.
 
-The CPU yardstick (issue 3) is 262,144 points x 2 channels x 64 frequencies in fp32: the
+The CPU yardstick is 262,144 points x 2 channels x 64 frequencies in fp32: the
 extension should be >= 4x faster than the eager reference and >= 1.5x faster than
 torch.compile(reference). ``extra_info`` records the bytes a fused implementation must move (read
 x, write the output; read grad_out and the saved output, write grad_x) and the resulting GB/s.

@@ -18,9 +18,10 @@ How we count:
   ``decoder`` (query embeddings, decoder blocks including their K/V over the latents, the final
   layer), ``other`` (time/label embeddings, latent positions).
 
-"ours" is inrflow's path: the folded local encoder (DESIGN §5.2) and the inrflow ops. "authors"
-is the same model function composed as the official implementation does it (``encoder_form=
-"dense"``: gather, reshape into equal patches, K/V of every token, one SDPA per patch).
+"ours" is inrflow's path: the folded local encoder (key projection folded into the queries) and
+the inrflow ops. "authors" is the same model function composed as the official implementation
+does it (``encoder_form="dense"``: gather, reshape into equal patches, K/V of every token, one
+SDPA per patch).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The unchanged ``csrc/kernels/*.cu`` files are compiled by g++ with ``csrc/simt/prelude.h``
 force-included and linked with ``csrc/simt/runtime.cpp`` into a shared library that tests call
 through ctypes. Each CUDA thread runs as a fiber, so ``__syncthreads`` and warp shuffles are real
-rendezvous points; see ``shared/design/simt-emulation.md``.
+rendezvous points; ``csrc/simt/README.md`` says how the emulation works.
 
 Typical use::
 

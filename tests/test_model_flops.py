@@ -1,5 +1,6 @@
-"""Work of the folded-key local encoder vs the unfolded one (DESIGN §5.2), counted with
-``FlopCounterMode`` on the meta device (shapes only, so XL at 256x256 costs no compute).
+"""Work of the folded-key local encoder (the key projection folded into the latent queries) vs
+the unfolded one, counted with ``FlopCounterMode`` on the meta device (shapes only, so XL at
+256x256 costs no compute).
 
 How we count: ``FlopCounterMode`` counts the matmul-class aten ops (``mm``, ``addmm``, ``bmm``,
 SDPA); both forms run with the reference ops backend. ``grouped_cross_attention`` is one op

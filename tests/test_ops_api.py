@@ -723,7 +723,7 @@ def test_fourier_embed_extension_matches_reference(
     tol = _tolerance(x.dtype)
     ideal = _ideal_fourier(x, freqs, include_input)
     torch.testing.assert_close(out.double(), ideal, rtol=0, atol=tol)
-    # The reference (DESIGN's formula) rounds x*f to fp32 before sin/cos: that moves its values
+    # The reference rounds x*f to fp32 before sin/cos (the op's contract): that moves its values
     # by up to |x*f| * 2**-24 away from the ideal, which the kernel avoids.
     max_angle = float(x.double().abs().max()) * float(freqs.max()) if x.numel() else 0.0
     ref_tol = tol + max_angle * 2.0**-23

@@ -263,7 +263,7 @@ def test_group_layout_matches_loop(b: int, n: int, k: int, dtype: torch.dtype) -
     assert offsets.dtype == torch.int32 and offsets.shape == (b * k + 1,)
     perms, offs = _layout_loop(assign.tolist(), k)
     assert perm.tolist() == perms and offsets.tolist() == offs
-    # the recipe of DESIGN.md: stable argsort + bincount + cumsum
+    # the obvious recipe: stable argsort + bincount + cumsum
     a64 = assign.long()
     assert torch.equal(perm, torch.argsort(a64, dim=-1, stable=True))
     counts = torch.bincount((a64 + torch.arange(b)[:, None] * k).flatten(), minlength=b * k)

@@ -1,5 +1,5 @@
 // Test-only SIMT emulator runtime: runs a CUDA grid on the CPU, block by block, with one
-// user-level fiber per CUDA thread (see prelude.h and shared/design/simt-emulation.md).
+// user-level fiber per CUDA thread (see prelude.h and README.md).
 //
 // Fibers start through ucontext once (makecontext) and then switch with _setjmp/_longjmp, which
 // is about ten times cheaper than swapcontext. With SIMT_USE_SWAPCONTEXT=1 (the sanitizer build)

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §9): FID family, digits classifier metrics, point-cloud metrics
+"""Evaluation metrics: FID family, digits classifier metrics, point-cloud metrics
 (MMD / COV / 1-NNA with Chamfer and EMD), and Cα structure metrics (lDDT, TM-score).
 
 Modules import their optional dependencies (scipy, scikit-learn, Pillow: the ``[eval]`` extra)

@@ -1,4 +1,4 @@
-"""INRFlow model: presets, ``build_model`` and ``count_parameters`` (DESIGN §5, §9)."""
+"""INRFlow model: presets, ``build_model`` and ``count_parameters``."""
 
 from __future__ import annotations
 

@@ -43,7 +43,7 @@ class INRFlowConfig:
 
     # --- encoder -------------------------------------------------------------------------------
     encoder: str = "local"  # local (spatial-aware) | perceiver (global) | linear (INRFlow-linear)
-    encoder_form: str = "folded"  # local encoder: W_k folded into the query (DESIGN §5.2)
+    encoder_form: str = "folded"  # local encoder: W_k folded into the latent queries
     # "unfolded": K/V of every token, grouped_cross_attention; "dense": the authors' composition
     # (equal-size groups reshaped to [B*K, P, H], K/V of every token, dense per-patch SDPA), the
     # yardstick of the benchmarks; it needs every group to hold the same number of points.

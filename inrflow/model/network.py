@@ -40,7 +40,7 @@ class Encoded(NamedTuple):
 
 
 class INRFlow(nn.Module):
-    """Flow-matching transformer on coordinate-value pairs (see DESIGN §5)."""
+    """Flow-matching transformer on coordinate-value pairs (docs/ARCHITECTURE.md)."""
 
     def __init__(self, config: INRFlowConfig) -> None:
         super().__init__()

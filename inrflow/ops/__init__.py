@@ -1,4 +1,4 @@
-"""The inrflow ops: C++/CUDA kernels with pure-PyTorch references (DESIGN.md §3).
+"""The inrflow ops: C++/CUDA kernels with pure-PyTorch references.
 
 Each op validates its inputs, then runs on the compiled extension ``inrflow._C`` when it has a
 kernel for the input's device, else on :mod:`inrflow.ops.reference`. ``use_backend(name)`` and

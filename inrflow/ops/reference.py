@@ -1,8 +1,9 @@
 """Pure-PyTorch reference implementations of the inrflow ops.
 
 These are the ground truth of every test and the fallback when the extension is not built. They
-are written the obvious way, run on any device and are differentiable where DESIGN.md §3 says,
-but they do not validate their inputs: call them through :mod:`inrflow.ops`, which does.
+are written the obvious way, run on any device and are differentiable where each op's contract
+(its docstring in :mod:`inrflow.ops`) says, but they do not validate their inputs: call them
+through :mod:`inrflow.ops`, which does.
 
 Floating-point conventions that kernels must reproduce to agree bit for bit:
 
