@@ -48,7 +48,7 @@ SHAPES_SETTINGS: list[tuple[str, str, list[dict[str, Any]], float]] = [
     ("euler, shift 3", "euler", [{"steps": 25}], 3.0),
     ("heun", "heun", [{"steps": n} for n in (5, 12)], 1.0),
     ("dopri5", "dopri5", [{"atol": a, "rtol": a} for a in (1e-1, 1e-2)], 1.0),
-    ("sde", "sde", [{"steps": 25}], 1.0),
+    ("sde", "sde", [{"steps": n} for n in (25, 50, 100)], 1.0),
 ]
 
 
