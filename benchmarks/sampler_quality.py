@@ -44,7 +44,7 @@ SETTINGS: list[tuple[str, str, list[dict[str, Any]], float]] = [
 ]
 # the point-cloud demo: a slower model call, so fewer points per sampler
 SHAPES_SETTINGS: list[tuple[str, str, list[dict[str, Any]], float]] = [
-    ("euler", "euler", [{"steps": n} for n in (10, 25, 50, 100)], 1.0),
+    ("euler", "euler", [{"steps": n} for n in (2, 3, 4, 6, 10, 25, 50, 100)], 1.0),
     ("euler, shift 3", "euler", [{"steps": 25}], 3.0),
     ("heun", "heun", [{"steps": n} for n in (5, 12)], 1.0),
     ("dopri5", "dopri5", [{"atol": a, "rtol": a} for a in (1e-1, 1e-2)], 1.0),
