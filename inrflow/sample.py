@@ -53,6 +53,7 @@ __all__ = [
     "load_ema_model",
     "load_model",
     "main",
+    "solver_options",
 ]
 
 DESCRIPTION = """\
@@ -286,6 +287,22 @@ def add_solver_arguments(p: argparse._ActionsContainer, default_steps: int) -> N
     p.add_argument(
         "--rtol", type=float, default=DOPRI5_RTOL, help=f"dopri5 relative tolerance ({DOPRI5_RTOL})"
     )
+    p.add_argument(
+        "--resolution-mode",
+        choices=RESOLUTION_MODES,
+        default="join",
+        help="images at another resolution than the training one: 'join' (default: only the "
+        "training-resolution context is integrated until the fine grid joins it late, from "
+        "its interpolated state: clean images) or 'noise' (every pixel starts from its own "
+        "noise, the paper's scheme)",
+    )
+    p.add_argument(
+        "--join-time",
+        type=float,
+        default=None,
+        help="with --resolution-mode join: the time in [0, 1) at which the fine grid joins "
+        "(default: the last step)",
+    )
 
 
 def check_solver_arguments(args: argparse.Namespace) -> str | None:
@@ -298,7 +315,23 @@ def check_solver_arguments(args: argparse.Namespace) -> str | None:
         return "--atol must be > 0 and --rtol >= 0"
     if args.method == "dopri5" and (args.time_shift != 1.0 or args.shift_by_resolution):
         return "--time-shift and --shift-by-resolution apply to the fixed-step methods, not dopri5"
+    if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
+        return "--join-time must be in [0, 1)"
     return None
+
+
+def solver_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`generate` set by :func:`add_solver_arguments`."""
+    return dict(
+        method=args.method,
+        steps=args.steps,
+        time_shift=args.time_shift,
+        shift_by_pairs=args.shift_by_resolution,
+        atol=args.atol,
+        rtol=args.rtol,
+        resolution_mode=args.resolution_mode,
+        join_time=args.join_time,
+    )
 
 
 def solver_description(args: argparse.Namespace) -> str:
@@ -347,22 +380,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="output size in pixels, any size: one side (square) or H W "
         "(default: the training resolution)",
-    )
-    p.add_argument(
-        "--resolution-mode",
-        choices=RESOLUTION_MODES,
-        default="join",
-        help="images at another resolution than the training one: 'join' (default: only the "
-        "training-resolution context is integrated until the fine grid joins it late, from "
-        "its interpolated state: clean images) or 'noise' (every pixel starts from its own "
-        "noise, the paper's scheme)",
-    )
-    p.add_argument(
-        "--join-time",
-        type=float,
-        default=None,
-        help="with --resolution-mode join: the time in [0, 1) at which the fine grid joins "
-        "(default: the last step)",
     )
     p.add_argument(
         "--num-points",
@@ -422,8 +439,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
     if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
         raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
-    if args.join_time is not None and not 0.0 <= args.join_time < 1.0:
-        raise SystemExit("sample.py: --join-time must be in [0, 1)")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
         model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
@@ -461,20 +476,13 @@ def main(argv: list[str] | None = None) -> int:
         labels=labels,
         cond=cond,
         cfg_scale=cfg_scale,
-        steps=args.steps,
-        method=args.method,
         resolution=resolution,
         num_points=args.num_points,
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
-        time_shift=args.time_shift,
-        shift_by_pairs=args.shift_by_resolution,
-        atol=args.atol,
-        rtol=args.rtol,
         stats=stats,
-        resolution_mode=args.resolution_mode,
-        join_time=args.join_time,
+        **solver_options(args),
     )
     print(f"[inrflow] {stats.describe()}", flush=True)
     bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())

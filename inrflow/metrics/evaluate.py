@@ -26,7 +26,6 @@ import torch
 from inrflow.metrics.images import load_images
 from inrflow.metrics.inception import WEIGHTS_ENV
 from inrflow.metrics.io import load_labels, load_point_clouds
-from inrflow.sampling import RESOLUTION_MODES
 
 __all__ = [
     "build_parser",
@@ -342,7 +341,7 @@ def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
     (:func:`~inrflow.metrics.images.upsampling_residual` over the training resolution).
     """
     from inrflow.metrics.images import upsampling_residual
-    from inrflow.sample import image_shape
+    from inrflow.sample import image_shape, solver_options
 
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -358,14 +357,13 @@ def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
     if not digits and not args.ref:
         raise ValueError("--compare-upsampling of non-digits images needs --ref")
     kw = dict(
-        steps=args.steps,
-        method=args.method,
+        solver_options(args),  # the same sampler for every row; each row says how it starts
         cfg_scale=args.cfg_scale,
         batch_size=args.batch_size,
         seed=args.seed,
         progress=not args.no_progress,
-        join_time=args.join_time,
     )
+    kw.pop("resolution_mode")
     low, labels = sample_from_model(model, meta, args.num_samples, resolution=train_hw, **kw)
     rows: dict[str, torch.Tensor] = {
         "native": sample_from_model(model, meta, args.num_samples, resolution=hw, **kw)[0],
@@ -460,6 +458,8 @@ def format_comparison(report: dict[str, Any]) -> str:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run one evaluation from parsed arguments; returns the report (also written as JSON)."""
+    from inrflow.sample import solver_options
+
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.no_progress
@@ -485,21 +485,14 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             model,
             meta,
             args.num_samples,
-            steps=args.steps,
-            method=args.method,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,
             seed=args.seed,
             resolution=args.resolution,
             points=args.points,
             progress=progress,
-            time_shift=args.time_shift,
-            shift_by_pairs=args.shift_by_resolution,
-            atol=args.atol,
-            rtol=args.rtol,
             stats=stats,
-            resolution_mode=args.resolution_mode,
-            join_time=args.join_time,
+            **solver_options(args),
         )
         source = f"checkpoint {args.checkpoint}"
         if args.save_samples:
@@ -723,20 +716,6 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-scale", type=float, default=1.0)
     g.add_argument(
         "--resolution", type=int, nargs="+", default=None, help="image size: one side or H W"
-    )
-    g.add_argument(
-        "--resolution-mode",
-        choices=RESOLUTION_MODES,
-        default="join",
-        help="images above/below the training resolution: 'join' (the fine grid joins the "
-        "training-resolution context late, from its interpolated state) or 'noise' (every "
-        "pixel from its own noise, the paper's scheme)",
-    )
-    g.add_argument(
-        "--join-time",
-        type=float,
-        default=None,
-        help="with --resolution-mode join: when the fine grid joins (default: the last step)",
     )
     g.add_argument(
         "--compare-upsampling",
