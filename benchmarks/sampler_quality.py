@@ -30,7 +30,7 @@ import torch
 
 from inrflow.metrics.digits import digits_metrics
 from inrflow.sample import dataset_info, generate
-from inrflow.sampling import SolverStats, integrate
+from inrflow.sampling import DOPRI5_ATOL, DOPRI5_RTOL, SolverStats, integrate
 from inrflow.train.checkpoint import load_ema_model
 
 # (label, method, {steps | atol/rtol}, time_shift)
@@ -97,6 +97,18 @@ def judge_of(res: dict[str, Any]) -> type[Judge]:
     return ShapesJudge if res.get("judge") == ShapesJudge.name else Judge
 
 
+def solver_kwargs(method: str, kw: dict[str, Any], shift: float) -> dict[str, Any]:
+    """``generate``'s solver arguments for one setting of the tables (``steps`` for the
+    fixed-step methods, ``atol``/``rtol`` for dopri5)."""
+    return dict(
+        method=method,
+        steps=kw.get("steps", 1),
+        atol=kw.get("atol", DOPRI5_ATOL),
+        rtol=kw.get("rtol", DOPRI5_RTOL),
+        time_shift=shift,
+    )
+
+
 def run_one(model, judge: Judge, num: int, cfg: float, method: str, kw: dict, shift: float, seed):
     """Draw ``num`` samples with one setting; their metrics, NFE and wall time."""
     stats = SolverStats()
@@ -108,11 +120,7 @@ def run_one(model, judge: Judge, num: int, cfg: float, method: str, kw: dict, sh
         num,
         labels=labels,
         cfg_scale=cfg,
-        method=method,
-        steps=kw.get("steps", 1),
-        atol=kw.get("atol", 1e-3),
-        rtol=kw.get("rtol", 1e-3),
-        time_shift=shift,
+        **solver_kwargs(method, kw, shift),
         seed=seed,
         batch_size=num,
         progress=False,
@@ -247,11 +255,7 @@ def grids(ckpt: str, cfg: float, png: Path, num: int = 30) -> None:
             num,
             labels=labels,
             cfg_scale=cfg,
-            method=method,
-            steps=kw.get("steps", 1),
-            atol=kw.get("atol", 1e-3),
-            rtol=kw.get("rtol", 1e-3),
-            time_shift=shift,
+            **solver_kwargs(method, kw, shift),
             batch_size=num,
             progress=False,
         ).reshape(num, 8, 8)
