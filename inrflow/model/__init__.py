@@ -1,8 +1,9 @@
-"""INRFlow model: presets, ``build_model`` and ``count_parameters``."""
+"""INRFlow model: presets, ``build_model``, ``count_parameters`` and the multi-domain model."""
 
 from __future__ import annotations
 
 from .config import PAPER_PARAMS_M, INRFlowConfig, get_config, preset_names
+from .multidomain import MultiDomainINRFlow, domain_state_dict
 from .network import Encoded, INRFlow, count_parameters
 from .pretrained import load_pretrained, save_pretrained
 from .pseudo_coords import LatentGrouping, grid_coords, hash_assign, kmeans_pp
@@ -13,8 +14,10 @@ __all__ = [
     "INRFlow",
     "INRFlowConfig",
     "LatentGrouping",
+    "MultiDomainINRFlow",
     "build_model",
     "count_parameters",
+    "domain_state_dict",
     "get_config",
     "grid_coords",
     "hash_assign",

@@ -15,6 +15,7 @@ ENCODERS = ("local", "perceiver", "linear")
 ENCODER_FORMS = ("folded", "unfolded", "dense")
 PSEUDO_COORDS = ("grid", "random", "kmeans++", "hash", "residue")
 COND_NULLS = ("learned", "zeros")
+TRUNK_CROSS = ("none", "plain", "full")
 DOMAINS = ("image", "pointcloud", "protein")
 
 
@@ -96,6 +97,11 @@ class INRFlowConfig:
     # cross-attention also reads the context tokens); 0: one
     cond_tokens: int = 0
     trunk_reads_context: bool = False  # every trunk block cross-attends to the context tokens
+    # Cross-attention of the trunk blocks: none | plain | full; None: "full" with
+    # trunk_reads_context, "plain" with condition tokens, else "none". Set explicitly by a
+    # multi-domain model whose shared trunk reads another domain's context: this domain then
+    # owns "full" blocks that it runs without memory (the cross-attention is skipped).
+    trunk_cross: str | None = None
     time_freq_dim: int = 256
     time_scale: float = 1000.0  # t in [0, 1] is scaled before the sinusoids (DiT uses 0..1000)
 
@@ -143,6 +149,13 @@ class INRFlowConfig:
             bad("num_classes and cond_dim must be >= 0")
         if self.cond_null not in COND_NULLS:
             bad(f"cond_null must be one of {COND_NULLS}, got {self.cond_null!r}")
+        if self.trunk_cross is not None:
+            if self.trunk_cross not in TRUNK_CROSS:
+                bad(f"trunk_cross must be one of {TRUNK_CROSS} or None, got {self.trunk_cross!r}")
+            if self.trunk_reads_context and self.trunk_cross != "full":
+                bad(f"trunk_reads_context needs trunk_cross='full', got {self.trunk_cross!r}")
+            if self.cond_dim > 0 and self.trunk_cross == "none":
+                bad("condition tokens (cond_dim > 0) need trunk_cross 'plain' or 'full'")
         if self.pseudo_coords == "residue" and self.coords_are_values:
             bad("residue grouping needs coordinates separate from the values")
         if self.query_reads_group and not self.grouped:
@@ -158,6 +171,15 @@ class INRFlowConfig:
         if self.residue_vocab:
             return self.coord_dim - 1 + self.residue_embed_dim
         return self.coord_dim
+
+    @property
+    def trunk_cross_kind(self) -> str:
+        """Cross-attention kind of the trunk blocks (see ``trunk_cross``)."""
+        if self.trunk_cross is not None:
+            return self.trunk_cross
+        if self.trunk_reads_context:
+            return "full"
+        return "plain" if self.cond_dim > 0 else "none"
 
     @property
     def rope_dim(self) -> int:

@@ -39,103 +39,133 @@ class Encoded(NamedTuple):
     final_mod: tuple  # adaLN modulation of the final layer
 
 
-class INRFlow(nn.Module):
-    """Flow-matching transformer on coordinate-value pairs (docs/ARCHITECTURE.md)."""
+def build_modules(cfg: INRFlowConfig, shared: bool = True) -> dict[str, nn.Module | None]:
+    """The modules of an INRFlow, in the order an :class:`INRFlow` registers (and seeds) them.
 
-    def __init__(self, config: INRFlowConfig) -> None:
-        super().__init__()
-        cfg = self.config = config
-        h = cfg.hidden
-        self.t_embed = TimestepEmbedder(h, cfg.time_freq_dim, cfg.time_scale)
-        self.y_embed = (
-            LabelEmbedder(cfg.num_classes, h, cfg.class_dropout) if cfg.num_classes > 0 else None
+    ``shared=False`` leaves out the modules that depend on nothing but the widths (the time
+    embedding, the trunk blocks, the decoder blocks): a domain of
+    :class:`~inrflow.model.multidomain.MultiDomainINRFlow` builds only its own parts and runs
+    them around a trunk it shares with the other domains. ``None`` marks a part the config
+    switches off.
+    """
+    h = cfg.hidden
+    parts: dict[str, nn.Module | None] = {}
+    if shared:
+        parts["t_embed"] = TimestepEmbedder(h, cfg.time_freq_dim, cfg.time_scale)
+    parts["y_embed"] = (
+        LabelEmbedder(cfg.num_classes, h, cfg.class_dropout) if cfg.num_classes > 0 else None
+    )
+    parts["cond_embed"] = (
+        CondEmbedder(cfg.cond_dim, h, cfg.cond_dropout, learned_null=cfg.cond_null == "learned")
+        if cfg.cond_dim > 0
+        else None
+    )
+    parts["residue_embed"] = (
+        nn.Embedding(cfg.residue_vocab, cfg.residue_embed_dim) if cfg.residue_vocab else None
+    )
+    parts["grouping"] = (
+        LatentGrouping(
+            cfg.pseudo_coords,
+            cfg.num_latents,
+            cfg.feature_dim,
+            cfg.coord_low,
+            cfg.coord_high,
+            grid_shape=cfg.grid_shape() if cfg.pseudo_coords == "grid" else None,
+            seed=cfg.pseudo_seed,
+            kmeans_sample=cfg.kmeans_sample,
+            lloyd_steps=cfg.lloyd_steps,
+            hash_resolution=cfg.hash_resolution,
         )
-        self.cond_embed = (
-            CondEmbedder(cfg.cond_dim, h, cfg.cond_dropout, learned_null=cfg.cond_null == "learned")
-            if cfg.cond_dim > 0
-            else None
-        )
-        self.residue_embed = (
-            nn.Embedding(cfg.residue_vocab, cfg.residue_embed_dim) if cfg.residue_vocab else None
-        )
-        self.grouping = (
-            LatentGrouping(
-                cfg.pseudo_coords,
-                cfg.num_latents,
-                cfg.feature_dim,
-                cfg.coord_low,
-                cfg.coord_high,
-                grid_shape=cfg.grid_shape() if cfg.pseudo_coords == "grid" else None,
-                seed=cfg.pseudo_seed,
-                kmeans_sample=cfg.kmeans_sample,
-                lloyd_steps=cfg.lloyd_steps,
-                hash_resolution=cfg.hash_resolution,
-            )
-            if cfg.grouped
-            else None
-        )
-        self.encoder = build_encoder(cfg)
-        self.latent_pos = (
-            FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
-            if cfg.has_latent_positions
-            else None
-        )
-        cross = "full" if cfg.trunk_reads_context else "plain" if cfg.cond_dim > 0 else "none"
-        self.blocks = nn.ModuleList(
-            DiTBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross=cross)
+        if cfg.grouped
+        else None
+    )
+    parts["encoder"] = build_encoder(cfg)
+    parts["latent_pos"] = (
+        FourierFeatures(cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale)
+        if cfg.has_latent_positions
+        else None
+    )
+    if shared:
+        parts["blocks"] = nn.ModuleList(
+            DiTBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm, cross=cfg.trunk_cross_kind)
             for _ in range(cfg.depth)
         )
-        self.query_value = ValueEmbedder(
-            cfg.value_dim, h, cfg.value_fourier_freqs, cfg.value_fourier_max_log2
-        )
-        self.query_pos = FourierFeatures(
-            cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale
-        )
-        # an atom (query) reads its own residue's (group's) latent directly
-        self.query_group = nn.Linear(h, h) if cfg.query_reads_group else None
-        self.decoder = nn.ModuleList(
+    parts["query_value"] = ValueEmbedder(
+        cfg.value_dim, h, cfg.value_fourier_freqs, cfg.value_fourier_max_log2
+    )
+    parts["query_pos"] = FourierFeatures(
+        cfg.feature_dim, h, cfg.num_freqs, cfg.max_log2, cfg.freq_scale
+    )
+    # an atom (query) reads its own residue's (group's) latent directly
+    parts["query_group"] = nn.Linear(h, h) if cfg.query_reads_group else None
+    if shared:
+        parts["decoder"] = nn.ModuleList(
             DecoderBlock(h, cfg.heads, cfg.mlp_ratio, cfg.qk_norm)
             for _ in range(cfg.decoder_layers)
         )
-        self.final = FinalLayer(2 * h, h, cfg.value_dim)
-        if not self.final.linear.weight.is_meta:
-            self.init_weights()
+    parts["final"] = FinalLayer(2 * h, h, cfg.value_dim)
+    return parts
 
-    # -------------------------------------------------------------------------------------------
-    def init_weights(self) -> None:
-        """Every initialisation decision, in one place; callable after ``to_empty()``."""
-        # generic defaults first; the specific decisions below override them
-        for m in self.modules():
-            if isinstance(m, nn.Linear):  # xavier for every Linear, zero bias (DiT)
-                nn.init.xavier_uniform_(m.weight)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
-                nn.init.ones_(m.weight)
+
+def init_generic(root: nn.Module) -> None:
+    """The initialisation every module of a kind gets (xavier Linears, unit norms, adaLN-Zero,
+    rebuilt buffers); the specific decisions of :func:`init_time_and_trunk` and
+    :func:`init_domain_parts` come after it."""
+    for m in root.modules():
+        if isinstance(m, nn.Linear):  # xavier for every Linear, zero bias (DiT)
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, RMSNorm):
-                nn.init.ones_(m.weight)
-            if hasattr(m, "reset_buffers"):  # Fourier frequencies, pseudo-coordinates
-                m.reset_buffers()
-        for m in self.modules():
-            if isinstance(m, AdaLN):  # adaLN-Zero: every gated residual branch starts closed
-                nn.init.zeros_(m.linear.weight)
-                nn.init.zeros_(m.linear.bias)
-        for lin in (self.t_embed.mlp[0], self.t_embed.mlp[2]):  # as DiT: N(0, 0.02)
-            nn.init.normal_(lin.weight, std=0.02)
-        if self.y_embed is not None:
-            nn.init.normal_(self.y_embed.table.weight, std=0.02)
-        if self.cond_embed is not None and self.cond_embed.learned_null:
-            nn.init.normal_(self.cond_embed.null, std=0.02)
-        if self.residue_embed is not None:
-            nn.init.normal_(self.residue_embed.weight, std=0.5)
-        if hasattr(self.encoder, "latent"):  # learned latent array (local, perceiver)
-            nn.init.normal_(self.encoder.latent, std=0.02)
-        for blk in self.blocks:  # ungated cross-attention starts closed
-            if blk.cross_kind == "plain":
-                nn.init.zeros_(blk.cross.proj.weight)
-        nn.init.zeros_(self.final.linear.weight)  # the untrained model predicts velocity 0
-        nn.init.zeros_(self.final.linear.bias)
+        elif isinstance(m, nn.LayerNorm) and m.elementwise_affine:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, RMSNorm):
+            nn.init.ones_(m.weight)
+        if hasattr(m, "reset_buffers"):  # Fourier frequencies, pseudo-coordinates
+            m.reset_buffers()
+    for m in root.modules():
+        if isinstance(m, AdaLN):  # adaLN-Zero: every gated residual branch starts closed
+            nn.init.zeros_(m.linear.weight)
+            nn.init.zeros_(m.linear.bias)
+
+
+def init_time_and_trunk(t_embed: TimestepEmbedder, blocks: nn.ModuleList) -> None:
+    """The time embedding as DiT's, N(0, 0.02); ungated trunk cross-attention starts closed."""
+    for lin in (t_embed.mlp[0], t_embed.mlp[2]):
+        nn.init.normal_(lin.weight, std=0.02)
+    for blk in blocks:
+        if blk.cross_kind == "plain":
+            nn.init.zeros_(blk.cross.proj.weight)
+
+
+def init_domain_parts(parts: nn.Module) -> None:
+    """Label, condition and residue tables, the latent array; the output layer at zero (the
+    untrained model predicts velocity 0). ``parts`` holds the modules of :func:`build_modules`
+    as attributes (an :class:`INRFlow`, or one domain of a multi-domain model)."""
+    if parts.y_embed is not None:
+        nn.init.normal_(parts.y_embed.table.weight, std=0.02)
+    if parts.cond_embed is not None and parts.cond_embed.learned_null:
+        nn.init.normal_(parts.cond_embed.null, std=0.02)
+    if parts.residue_embed is not None:
+        nn.init.normal_(parts.residue_embed.weight, std=0.5)
+    if hasattr(parts.encoder, "latent"):  # learned latent array (local, perceiver)
+        nn.init.normal_(parts.encoder.latent, std=0.02)
+    nn.init.zeros_(parts.final.linear.weight)
+    nn.init.zeros_(parts.final.linear.bias)
+
+
+class FlowComputation:
+    """The forward computation of INRFlow over the modules of :func:`build_modules`.
+
+    A mixin: :class:`INRFlow` runs it over its own modules; one domain of a multi-domain model
+    runs the very same code over that domain's modules and the shared trunk, so a domain of a
+    co-trained model computes exactly what a single-domain model with those weights computes.
+    Needs the attributes ``config``, ``training`` and the modules named by
+    :func:`build_modules`.
+    """
+
+    config: INRFlowConfig
+    training: bool
 
     # -------------------------------------------------------------------------------------------
     def _check_pairs(self, coords, values, what: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,10 +293,6 @@ class INRFlow(nn.Module):
             lat = blk(lat, c, rope, memory)
         return self._decoder_inputs(lat, c)
 
-    # The root's own work is split at the calls of the encoder and the trunk blocks (their own
-    # FSDP2 units): ``inrflow.train.parallelize.apply_compile`` compiles each piece.
-    COMPILED_METHODS = ("_conditioning", "_trunk_inputs", "_decoder_inputs", "_decode")
-
     def _trunk_inputs(self, lat, tokens, memory):
         """Latent positions (added, and RoPE tables) and the trunk's cross-attention memory."""
         rope = None
@@ -349,6 +375,28 @@ class INRFlow(nn.Module):
         """
         enc = self.encode(context_coords, context_values, t, labels, cond, force_drop)
         return self.decode(enc, query_coords, query_values, chunk_size)
+
+
+class INRFlow(FlowComputation, nn.Module):
+    """Flow-matching transformer on coordinate-value pairs (docs/ARCHITECTURE.md)."""
+
+    # The root's own work is split at the calls of the encoder and the trunk blocks (their own
+    # FSDP2 units): ``inrflow.train.parallelize.apply_compile`` compiles each piece.
+    COMPILED_METHODS = ("_conditioning", "_trunk_inputs", "_decoder_inputs", "_decode")
+
+    def __init__(self, config: INRFlowConfig) -> None:
+        super().__init__()
+        self.config = config
+        for name, module in build_modules(config).items():
+            setattr(self, name, module)
+        if not self.final.linear.weight.is_meta:
+            self.init_weights()
+
+    def init_weights(self) -> None:
+        """Every initialisation decision, in one place; callable after ``to_empty()``."""
+        init_generic(self)
+        init_time_and_trunk(self.t_embed, self.blocks)
+        init_domain_parts(self)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
