@@ -1,9 +1,13 @@
 """Activation checkpointing, whole-model ``torch.compile`` and FSDP2 sharding, in that order.
 
-FSDP2 units: the encoder, every trunk block, then the root. The root keeps the embeddings, the
-decoder blocks and the final layer: ``INRFlow.encode`` precomputes the decoder's keys/values and
-adaLN modulations by calling those modules' submodules directly, which is only valid while their
-parameters are gathered, i.e. inside the root unit.
+FSDP2 units: the encoder (each domain's, for a multi-domain model), every trunk block, then the
+root. The root keeps the embeddings, the decoder blocks and the final layer: ``INRFlow.encode``
+precomputes the decoder's keys/values and adaLN modulations by calling those modules' submodules
+directly, which is only valid while their parameters are gathered, i.e. inside the root unit.
+
+A multi-domain model trains one domain per step (the same on every rank): the other domains'
+encoder units are neither gathered nor reduced, and the root and trunk units reduce only the
+gradients that exist, so the parameters a step does not use get no gradient and no update.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 from torch.distributed.device_mesh import DeviceMesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from inrflow.model import INRFlow
+from inrflow.model import INRFlow, MultiDomainINRFlow
 
 __all__ = ["apply_activation_checkpointing", "apply_compile", "apply_fsdp", "parallelize"]
 
@@ -55,8 +59,16 @@ def apply_compile(model: INRFlow, backend: str = "inductor") -> None:
         setattr(model, name, torch.compile(getattr(model, name), **opts))
 
 
-def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None) -> None:
-    """Shard the encoder, each trunk block, then the root, over ``mesh``.
+def _encoders(model: INRFlow | MultiDomainINRFlow) -> list[nn.Module]:
+    if isinstance(model, MultiDomainINRFlow):
+        return [parts.encoder for parts in model.domains.values()]
+    return [model.encoder]
+
+
+def apply_fsdp(
+    model: INRFlow | MultiDomainINRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None
+) -> None:
+    """Shard the encoder(s), each trunk block, then the root, over ``mesh``.
 
     Args:
         model: the model (parameters on any device; they move to the mesh's device).
@@ -76,7 +88,8 @@ def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None
     # would be noise), so the root and the encoder, which receive them, keep their inputs as they
     # are; the model casts to the parameter dtype where it projects. Trunk blocks only see
     # latents and conditioning, which they take in the compute dtype.
-    fully_shard(model.encoder, mesh=mesh, mp_policy=policy(False))
+    for encoder in _encoders(model):
+        fully_shard(encoder, mesh=mesh, mp_policy=policy(False))
     blocks = list(model.blocks)
     for i, block in enumerate(blocks):
         # the last block's parameters would be gathered again right away by backward
@@ -87,7 +100,7 @@ def apply_fsdp(model: INRFlow, mesh: DeviceMesh, param_dtype: torch.dtype | None
 
 
 def parallelize(
-    model: INRFlow,
+    model: INRFlow | MultiDomainINRFlow,
     mesh: DeviceMesh,
     *,
     param_dtype: torch.dtype | None = None,
@@ -95,7 +108,12 @@ def parallelize(
     compile: bool = False,
     compile_backend: str = "inductor",
 ) -> nn.Module:
-    """Apply activation checkpointing, compile and FSDP2 to ``model`` (in place) and return it."""
+    """Apply activation checkpointing, compile and FSDP2 to ``model`` (in place) and return it.
+
+    A :class:`~inrflow.model.MultiDomainINRFlow` is not compiled (``compile`` raises): its
+    forward runs a different domain's modules from step to step."""
+    if compile and isinstance(model, MultiDomainINRFlow):
+        raise ValueError("--compile is not supported for multi-domain models")
     if activation_checkpointing:
         apply_activation_checkpointing(model)
     if compile:
