@@ -16,13 +16,13 @@ from inrflow.data import (
     ShapesDataset,
     StreamSampler,
     UnreadableFileError,
-    build_dataset,
     build_loader,
     digits_classifier_accuracy,
     save_image_grid,
     save_ply,
 )
 from inrflow.data.demo import SHAPE_CLASSES, _load_digits
+from inrflow.domains import build_dataset
 from inrflow.model import grid_coords
 
 # ------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from inrflow.data import FlowCollate, PointCloudDataset, build_dataset
+from inrflow.data import FlowCollate, PointCloudDataset
+from inrflow.domains import build_dataset
 from inrflow.model import build_model
 from inrflow.model.blocks import AdaLN
 from inrflow.sample import load_condition
