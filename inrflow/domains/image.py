@@ -10,8 +10,8 @@ import torch
 
 from inrflow.data import BUNDLED, CoordinateDataset, DigitsDataset, ImageFolderDataset
 from inrflow.data.io import save_image_grid
-from inrflow.model.pseudo_coords import grid_coords
-from inrflow.profiling import nvtx_range
+from inrflow.model.latent_grouping import grid_coords
+from inrflow.nvtx import nvtx_range
 from inrflow.sampling import sample
 
 from .base import DataOptions, Domain, SampleRun, image_scale, score_final

@@ -13,7 +13,7 @@ import torch
 
 from inrflow.data import CoordinateDataset, PointCloudDataset, ShapesDataset
 from inrflow.data.io import save_ply, save_point_cloud_grid
-from inrflow.profiling import nvtx_range
+from inrflow.nvtx import nvtx_range
 from inrflow.sampling import sample
 
 from .base import DataOptions, Domain, SampleRun, score_final

@@ -15,7 +15,7 @@ import torch
 from inrflow.data import CoordinateDataset, ProteinDataset
 from inrflow.data.proteins import _is_structure
 from inrflow.model import INRFlow
-from inrflow.profiling import nvtx_range
+from inrflow.nvtx import nvtx_range
 
 from .base import DataOptions, Domain, RunOptions, SampleRun
 from .folding import report_table, spaced, structure_report

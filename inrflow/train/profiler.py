@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from inrflow.profiling import nvtx_range
+from inrflow.nvtx import nvtx_range
 
 if TYPE_CHECKING:
     from .config import TrainConfig

@@ -21,9 +21,10 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from inrflow.checkpoints import read_manifest
 from inrflow.model.config import INRFlowConfig
 
-from .checkpoint import CheckpointManager, read_manifest
+from .checkpoint import CheckpointManager
 from .run_folder import RunFolderError, resume_conflicts
 
 if TYPE_CHECKING:

@@ -26,7 +26,7 @@ from inrflow.data import CoordinateDataset, StreamSampler, build_loader
 from inrflow.domains import SampleRun, build_dataset, domain_for
 from inrflow.flow import FlowDraws, cicfm_loss
 from inrflow.model import INRFlow, count_parameters
-from inrflow.profiling import nvtx_range
+from inrflow.nvtx import nvtx_range
 
 from .checkpoint import CheckpointManager
 from .config import TrainConfig
