@@ -7,6 +7,7 @@ import sys
 
 from .checkpoint import CheckpointSaveError
 from .config import parse_args
+from .cotrain import CoTrainer
 from .run_folder import RunFolderError
 from .trainer import Trainer
 
@@ -23,6 +24,8 @@ examples:
   # several nodes: the same on every node, with a rendezvous
   torchrun --nnodes 4 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \\
       train.py --preset imagenet256 --data /data/imagenet/train --out runs/in256
+  # one model co-trained on the digits and shapes demos (docs/COTRAINING.md)
+  python train.py --preset cotrain
   # CPU processes with gloo (tests, debugging)
   torchrun --nproc-per-node 2 train.py --device cpu --size tiny --data digits --steps 100
   # continue after a crash or preemption (newest valid checkpoint in --out)
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     folder), 1 a failed checkpoint write, 128 + N stopped by signal N after checkpointing."""
     try:
         cfg = parse_args(argv, prog="train.py", description=DESCRIPTION)
-        trainer = Trainer(cfg)
+        trainer = CoTrainer(cfg) if cfg.cotraining else Trainer(cfg)
     except (ValueError, OSError, RunFolderError) as exc:  # OSError: missing data, --out a file
         return _fail(exc, 2)
     try:

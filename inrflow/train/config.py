@@ -30,7 +30,14 @@ class TrainConfig:
         "digits",
         "a bundled dataset (digits, shapes, proteins) or a path: a folder of images "
         "(subfolders = classes), of .npy/.npz point clouds (optionally with condition tokens), "
-        "or of PDB/mmCIF files",
+        "or of PDB/mmCIF files; several, comma-separated (e.g. digits,shapes), co-train one "
+        "model on all of them (docs/COTRAINING.md)",
+    )
+    domain_weights: str | None = _f(
+        None,
+        "co-training: steps per cycle of each dataset of --data, e.g. digits=2,shapes=5 (each "
+        "cycle trains every dataset exactly that many steps, in a seeded order); default: the "
+        "steps of their demo presets, reduced (else equal)",
     )
     size: str = _f("S", "model preset: tiny|S|B|L|XL (point clouds: tiny|B|L|XL)")
     task: str | None = _f(
@@ -175,6 +182,15 @@ class TrainConfig:
         False, "wrap the window in torch.autograd.profiler.emit_nvtx: an NVTX range per aten op"
     )
 
+    given: tuple = field(
+        default=(),
+        metadata={
+            "help": "the per-dataset fields set on the command line: a co-training run takes "
+            "them over its datasets' demo presets (set by parse_args, no option of its own)",
+            "cli": False,
+        },
+    )
+
     # ---------------------------------------------------------------------------------------------
     def validate(self) -> TrainConfig:
         """Reject contradictory or out-of-range settings with a message naming the option."""
@@ -184,6 +200,11 @@ class TrainConfig:
 
         if self.steps < 1:
             bad(f"--steps must be >= 1, got {self.steps}")
+        names = self.data.split(",")
+        if self.cotraining and (len(set(names)) != len(names) or not all(names)):
+            bad(f"--data names each co-trained dataset once, got {self.data!r}")
+        if self.domain_weights is not None and not self.cotraining:
+            bad("--domain-weights needs several datasets in --data (co-training)")
         if self.batch_size < 1:
             bad(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.lr <= 0:
@@ -233,6 +254,29 @@ class TrainConfig:
             bad("--stall-factor and --stall-seconds must be >= 0")
         return self
 
+    @property
+    def cotraining(self) -> bool:
+        """Several datasets in ``--data``: one model co-trained on all of them."""
+        return "," in self.data
+
+    def domain_names(self) -> tuple[str, ...]:
+        """The datasets of ``--data``: the domain names of a co-training run."""
+        return tuple(self.data.split(","))
+
+    def domain_options(self, name: str) -> TrainConfig:
+        """The options of dataset ``name`` of a co-training run.
+
+        The fields of :data:`DOMAIN_FIELDS` (the data, the model preset, the batch, learning
+        rate and flow-matching draws, the samples and their scores) come from the demo preset
+        of that bundled dataset where there is one and the command line does not set them
+        (``given``), else from this config; every other field
+        (steps, seed, optimizer, EMA, output, ...) is the run's. ``model`` overrides are the
+        preset's updated by this config's (which must make the shared widths agree)."""
+        preset = next((p for p in PRESETS.values() if p.get("data") == name), {})
+        fields = {k: preset[k] for k in DOMAIN_FIELDS if k in preset and k not in self.given}
+        fields["model"] = {**preset.get("model", {}), **self.model}
+        return dataclasses.replace(self, data=name, domain_weights=None, **fields)
+
     def data_options(self) -> dict[str, Any]:
         """The data options, as :func:`inrflow.domains.build_dataset` takes them."""
         names = ("resolution", "num_points", "hflip", "channels", "normalization")
@@ -252,6 +296,37 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+
+#: The fields a co-training run takes per dataset from its demo preset
+#: (:meth:`TrainConfig.domain_options`).
+DOMAIN_FIELDS = (
+    "task",
+    "size",
+    "class_conditional",
+    "resolution",
+    "num_points",
+    "channels",
+    "hflip",
+    "normalization",
+    "num_queries",
+    "num_context",
+    "max_residues",
+    "residue_embeddings",
+    "protein_frame",
+    "rotate",
+    "batch_size",
+    "lr",
+    "label_dropout",
+    "time_dist",
+    "time_loc",
+    "pairing",
+    "workers",
+    "num_samples",
+    "sample_steps",
+    "sample_method",
+    "cfg_scale",
+    "final_samples",
+)
 
 # ------------------------------------------------------------------------------------------------
 # Presets: the paper's runs and the bundled demos. Paths are placeholders for --data.
@@ -404,6 +479,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         out="runs/protein",
         resume=True,  # the one-command demo: running it again continues its run
     ),
+    # Co-training demo: the digits and shapes demos in one model, each domain with its own
+    # preset's data, batch, learning rate, flow-matching draws and final scores. The trunk has
+    # the digits demo's depth (3; shapes alone: 2). Weights 2:5 over 4200 steps give each domain
+    # exactly its own demo's steps (1200 digits, 3000 shapes), so the two single-domain demos
+    # are the yardstick (docs/COTRAINING.md).
+    "cotrain": dict(
+        data="digits,shapes",
+        domain_weights="digits=2,shapes=5",
+        size="tiny",
+        model=dict(depth=3),
+        steps=4200,
+        ema_decay=0.995,
+        threads=1,
+        ckpt_every=1400,
+        log_every=100,
+        sample_every=1400,
+        out="runs/cotrain",
+        resume=True,  # the one-command demo: running it again continues its run
+    ),
 }
 
 
@@ -456,6 +550,8 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> argp
     )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("cli") is False:
+            continue
         flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
@@ -504,6 +600,7 @@ def parse_args(
     if ns.get("overwrite") and "resume" not in ns:
         values["resume"] = False  # --overwrite beats a preset's resume
     model_overrides = {**values.get("model", {}), **ns.pop("model", {})}
+    values["given"] = tuple(k for k in DOMAIN_FIELDS if k in ns)
     values.update(ns)
     values["model"] = model_overrides
     return TrainConfig(**values).validate()

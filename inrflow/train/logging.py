@@ -4,7 +4,10 @@
 compared exactly) with that step's throughput: samples/s (global), achieved TFLOP/s per device
 and MFU (:mod:`inrflow.train.throughput`; ``nan`` where not available, e.g. MFU on a CPU without
 ``--peak-tflops``). On resume, rows after the restored step are dropped first, and TensorBoard is
-told to purge them, so the logs read as one uninterrupted run.
+told to purge them, so the logs read as one uninterrupted run. A co-training run (several
+domains) adds a ``loss_<domain>`` column per domain: the step's loss under its domain, ``nan``
+under the others; its log lines and TensorBoard (``train/loss_<domain>``) show each domain's mean
+since the last log line.
 """
 
 from __future__ import annotations
@@ -110,8 +113,12 @@ class MetricLogger:
         tensorboard: bool,
         progress: bool | None = None,
         throughput: Throughput | None = None,
+        domains: tuple[str, ...] = (),
     ) -> None:
         self.enabled = enabled
+        self.domains = domains
+        self.fields = CSV_FIELDS + tuple(f"loss_{d}" for d in domains)
+        self._domain_losses: dict[str, list[float]] = {d: [] for d in domains}
         self.total_steps = total_steps
         self.throughput = throughput
         self.samples_per_step = samples_per_step
@@ -127,7 +134,7 @@ class MetricLogger:
         self._csv_file = open(self.csv_path, "a", newline="")  # noqa: SIM115 - closed by close()
         self._csv = csv.writer(self._csv_file)
         if new:
-            self._csv.writerow(CSV_FIELDS)
+            self._csv.writerow(self.fields)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -162,7 +169,7 @@ class MetricLogger:
         if not rows:
             return
         # the current header, also over rows of an older version with fewer columns
-        kept = [list(CSV_FIELDS)] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
+        kept = [list(self.fields)] + [r for r in rows[1:] if r and int(float(r[0])) <= start_step]
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
@@ -175,19 +182,27 @@ class MetricLogger:
         skipped: int,
         at: float | None = None,
         wall: float | None = None,
+        domain: str | None = None,
     ) -> None:
         """Record step ``step`` (1-based: the number of steps done), which ended at ``at``
         (``time.perf_counter()``) and ``wall`` (``time.time()``); now when not given. The
-        trainer reads its steps in bunches, so it passes when each one ended."""
+        trainer reads its steps in bunches, so it passes when each one ended. ``domain``: the
+        domain the step trained (co-training runs)."""
         if not self.enabled:
             return
+        if (domain is None) != (not self.domains) or (domain and domain not in self.domains):
+            raise ValueError(f"step {step}: domain {domain!r}, the logger's are {self.domains}")
+        per_domain = [repr(loss) if d == domain else "nan" for d in self.domains]
         now = time.perf_counter() if at is None else at
         row = self._rates(now - self._t_row)
         self._t_row = now
         self._csv.writerow(
             [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{wall or time.time():.3f}"]
             + [f"{row[k]:.6g}" for k in ("samples_per_s", "tflops", "mfu")]
+            + per_domain
         )
+        if domain is not None and math.isfinite(loss):
+            self._domain_losses[domain].append(loss)
         if self.bar is not None:
             self.bar.update(1)
         if math.isfinite(loss):
@@ -198,6 +213,10 @@ class MetricLogger:
             mean = sum(self._losses) / max(len(self._losses), 1)
             self._losses.clear()
             rates = self._rates(1.0 / max(steps_s, 1e-12))
+            domain_means = {d: sum(v) / len(v) for d, v in self._domain_losses.items() if v}
+            for v in self._domain_losses.values():
+                v.clear()
+            by_domain = "".join(f" {d} {m:.4f}" for d, m in domain_means.items())
             tflops, mfu = _show(rates["tflops"], "{:.1f}"), _show(rates["mfu"], "{:.1%}")
             if self.bar is not None:
                 self.bar.set_postfix(
@@ -210,7 +229,9 @@ class MetricLogger:
                 )
             else:
                 print(
-                    f"[inrflow] step {step}/{self.total_steps} loss {mean:.4f} "
+                    f"[inrflow] step {step}/{self.total_steps} loss {mean:.4f}"
+                    + (f" ({by_domain.strip()})" if by_domain else "")
+                    + " "
                     f"{steps_s:.3g} steps/s {rates['samples_per_s']:.3g} samples/s "
                     f"{tflops} TFLOP/s MFU {mfu}",
                     flush=True,
@@ -226,6 +247,7 @@ class MetricLogger:
                     "perf/samples_per_s": rates["samples_per_s"],
                     "data/skipped_files": skipped,
                     **{f"perf/{k}": rates[k] for k in ("tflops", "mfu") if math.isfinite(rates[k])},
+                    **{f"train/loss_{d}": m for d, m in domain_means.items()},
                 },
             )
 
@@ -275,4 +297,5 @@ def run_logger(cfg: TrainConfig, dist: Dist, start_step: int) -> MetricLogger:
         cfg.tensorboard,
         throughput=Throughput(cfg.batch_size, dist.world, peak),
         progress=cfg.progress,
+        domains=cfg.domain_names() if cfg.cotraining else (),
     )

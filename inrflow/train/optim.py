@@ -69,6 +69,26 @@ class EMA:
         with torch.no_grad():
             self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
         self._pairs = [(_local(self.shadow[n]), _local(p)) for n, p in self.params.items()]
+        self._all_pairs = self._pairs
+        self._subsets: dict[frozenset[str], list] = {}
+
+    def restrict(self, names: frozenset[str] | None) -> None:
+        """Let the next updates move only the parameters ``names`` (None: all of them again).
+
+        A co-training step updates the shared parameters and its own domain's; the other
+        domains' stand still, and their EMA should too, so that each domain's EMA averages
+        over its own steps as in a single-domain run."""
+        if names is None:
+            self._pairs = self._all_pairs
+            return
+        if names not in self._subsets:
+            unknown = names - set(self.shadow)
+            if unknown:
+                raise KeyError(f"EMA has no parameters {sorted(unknown)[:5]}")
+            self._subsets[names] = [
+                (_local(self.shadow[n]), _local(self.params[n])) for n in self.params if n in names
+            ]
+        self._pairs = self._subsets[names]
 
     @torch.no_grad()
     def update(self, keep: torch.Tensor | None = None) -> None:

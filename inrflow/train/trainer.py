@@ -196,7 +196,7 @@ class Trainer:
         """The CICFM loss of this rank's batch; the per-sample losses also go, by time band,
         to the logged ``loss_t/*``."""
         per_sample = cicfm_loss(
-            self.model,
+            self._loss_model(),
             batch.get("coords"),
             batch["values"],
             FlowDraws.from_batch(batch),
@@ -206,6 +206,18 @@ class Trainer:
         )
         self._time_losses.add(per_sample, batch["t"])
         return per_sample.mean()
+
+    def _loss_model(self) -> Any:
+        """What the loss calls as the model (a co-training run: the step's domain of it)."""
+        return self.model
+
+    def _lr(self) -> float:
+        """The learning rate of the current step."""
+        return lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
+
+    def _row_domain(self, row: StepRow) -> str | None:
+        """The domain a logged step trained (None: a single-domain run)."""
+        return None
 
     def train_step(
         self, batch: dict[str, torch.Tensor]
@@ -220,7 +232,7 @@ class Trainer:
             self.bad_files.record(new_bad, 1)
         else:  # shared with the other ranks at the next read
             self._new_bad |= new_bad
-        lr = lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
+        lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with self._phase("forward"):
@@ -254,7 +266,14 @@ class Trainer:
         for row in rows:
             if logger is not None:
                 logger.log_step(
-                    row.step, row.loss, row.grad_norm, row.lr, row.skipped_files, row.at, row.wall
+                    row.step,
+                    row.loss,
+                    row.grad_norm,
+                    row.lr,
+                    row.skipped_files,
+                    row.at,
+                    row.wall,
+                    domain=self._row_domain(row),
                 )
             self.guard.check(row)
         return rows
