@@ -164,33 +164,81 @@ def find_checkpoint(path: str | os.PathLike, checksums: bool = True) -> Path:
 
 
 def load_ema_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", checksums: bool = True
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    checksums: bool = True,
+    domain: str | None = None,
 ) -> tuple[INRFlow, dict[str, Any], Path]:
     """``(model, manifest, checkpoint folder)``: the EMA weights of checkpoint ``path`` (a
     checkpoint folder, or a run folder: its newest valid checkpoint) in a plain, unsharded
     :class:`~inrflow.model.INRFlow` in eval mode on ``device``.
 
-    Works in one process whatever number of processes saved the checkpoint (DCP reshards).
+    A co-training checkpoint (several domains) needs ``domain``: the model is then that
+    domain's (:func:`~inrflow.model.domain_state_dict`), and the manifest's ``model_config``,
+    ``dataset`` and ``train_config`` are that domain's, so the caller sees a single-domain
+    checkpoint. Works in one process whatever number of processes saved the checkpoint (DCP
+    reshards).
     """
     ckpt = find_checkpoint(path, checksums)
     meta = read_manifest(ckpt)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()}
-    model = INRFlow(INRFlowConfig(**fields))
+    if "model_configs" in meta:
+        return _load_domain(ckpt, meta, device, domain)
+    if domain is not None:
+        raise ValueError(f"{ckpt} is a single-domain checkpoint: --domain is for co-training ones")
+    model = INRFlow(_config(meta["model_config"]))
     state = {"ema": {n: p.detach() for n, p in model.named_parameters()}}
+    _dcp_load(state, ckpt)
+    return model.to(device).eval(), meta, ckpt
+
+
+def _config(fields: dict[str, Any]) -> INRFlowConfig:
+    return INRFlowConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+
+
+def _dcp_load(state: dict[str, Any], ckpt: Path) -> None:
     no_dist = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
         warnings.filterwarnings("ignore", message=".*load in a single process")
         dcp.load(state, checkpoint_id=str(ckpt), no_dist=no_dist)
-    return model.to(device).eval(), meta, ckpt
+
+
+def _load_domain(
+    ckpt: Path, meta: dict[str, Any], device: str | torch.device, domain: str | None
+) -> tuple[INRFlow, dict[str, Any], Path]:
+    """One domain of a co-training checkpoint as a single-domain model and manifest."""
+    from inrflow.model import MultiDomainINRFlow, domain_state_dict
+
+    names = list(meta["model_configs"])
+    if domain is None or domain not in names:
+        what = "names no domain" if domain is None else f"has no domain {domain!r}"
+        raise ValueError(
+            f"{ckpt} is a co-training checkpoint of {names} and the request {what}: pass "
+            "--domain NAME (domain= in Python)"
+        )
+    configs = {n: _config(c) for n, c in meta["model_configs"].items()}
+    with torch.device("meta"):
+        multi = MultiDomainINRFlow(configs)
+    state = {"ema": {n: torch.empty_like(p, device="cpu") for n, p in multi.named_parameters()}}
+    _dcp_load(state, ckpt)
+    model = INRFlow(multi.configs[domain])
+    model.load_state_dict(domain_state_dict(state["ema"], domain))
+    single = dict(meta)
+    single.update(
+        model_config=dataclasses.asdict(multi.configs[domain]),
+        dataset=meta["datasets"][domain],
+        train_config=meta.get("domain_options", {}).get(domain, meta.get("train_config", {})),
+        domain_name=domain,
+    )
+    return model.to(device).eval(), single, ckpt
 
 
 def load_for_sampling(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
+    path: str | os.PathLike, device: str | torch.device = "cpu", domain: str | None = None
 ) -> tuple[INRFlow, dict[str, Any]]:
     """``(model, meta)`` for evaluation tools: :func:`load_ema_model` with a flat ``meta``
     (``domain``, ``shape``, ``num_classes``, ``value_dim``, ``class_names``, ``dataset`` = the
     ``--data`` of the run, ``step``, ``checkpoint``, ``weights`` = ``"ema"``)."""
-    model, manifest, ckpt = load_ema_model(path, device)
+    model, manifest, ckpt = load_ema_model(path, device, domain=domain)
     return model, _flat_meta(manifest, ckpt, weights="ema")
 
 
@@ -209,14 +257,20 @@ def _flat_meta(stored: dict[str, Any], source: str | os.PathLike, weights: str) 
 
 
 def load_model(
-    path: str | Path, device: str | torch.device = "cpu", checksums: bool = True
+    path: str | Path,
+    device: str | torch.device = "cpu",
+    checksums: bool = True,
+    domain: str | None = None,
 ) -> tuple[INRFlow, dict[str, Any], Path]:
     """``(model, meta, source)`` of a training run or checkpoint folder (its EMA weights, by
-    :func:`load_ema_model`) or of an exported folder (:func:`inrflow.model.load_pretrained`);
-    ``meta`` holds ``step``, ``dataset`` and ``train_config`` either way."""
+    :func:`load_ema_model`; ``domain`` picks one of a co-training checkpoint) or of an exported
+    folder (:func:`inrflow.model.load_pretrained`); ``meta`` holds ``step``, ``dataset`` and
+    ``train_config`` either way."""
     if is_pretrained(path):
+        if domain is not None:
+            raise ValueError(f"{path} is an exported single-domain model: --domain does not apply")
         return load_pretrained(path, device), read_pretrained_config(path), Path(path)
-    return load_ema_model(path, device, checksums=checksums)
+    return load_ema_model(path, device, checksums=checksums, domain=domain)
 
 
 def stored_dataset_info(meta: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,7 @@ examples:
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
   python sample.py --ckpt runs/protein --structures my_pdbs/ --out predicted/
+  python sample.py --ckpt runs/cotrain --domain shapes --out clouds/   # one domain of a co-trained model
 """
 
 
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
         "folder exported by python -m inrflow.export",
+    )
+    p.add_argument(
+        "--domain",
+        default=None,
+        help="the domain to sample of a co-training checkpoint (e.g. digits or shapes of "
+        "train.py --preset cotrain); its samples are those of a single-domain checkpoint",
     )
     p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
     p.add_argument(
@@ -150,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+        model, meta, ckpt = load_model(
+            args.ckpt, device, checksums=not args.no_checksums, domain=args.domain
+        )
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
     info = meta["dataset"]
