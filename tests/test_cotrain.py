@@ -87,7 +87,7 @@ def test_per_domain_options_come_from_the_demo_presets() -> None:
         "ot",
         256,
     )
-    assert digits.model["depth"] == shapes.model["depth"] == 3  # the run's --model on top
+    assert digits.model["depth"] == shapes.model["depth"] == 2  # the run's --model on top
     assert digits.model["num_latents"] == 16 and "num_latents" not in shapes.model
     assert default_weights(cfg) == {"digits": 2, "shapes": 5}
     assert DomainSchedule(default_weights(cfg)).counts(cfg.steps) == {
