@@ -22,7 +22,6 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +33,8 @@ from inrflow.cli.options import (
     solver_description,
     solver_options,
 )
-from inrflow.data.io import save_image_grid, save_ply
-from inrflow.generation import generate, image_shape, load_condition, parse_labels
-from inrflow.model import INRFlow
+from inrflow.domains import SampleRequest, domain_for
+from inrflow.generation import load_condition, parse_labels
 from inrflow.sampling import SolverStats
 
 __all__ = ["build_parser", "main"]
@@ -153,11 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    info = meta["dataset"]
-    if info["domain"] == "protein":
-        _check_output(args.out, folder=True, flag="--out")
-        return _sample_proteins(args, model, meta, ckpt)
-    _check_output(args.out, folder=info["domain"] != "image", flag="--out")
+    domain = domain_for(meta["dataset"]["domain"])
+    _check_output(args.out, folder=domain.writes_folder, flag="--out")
     _check_output(args.npz, folder=False, flag="--npz")
     try:
         labels = parse_labels(args.labels, args.num, model.config.num_classes)
@@ -171,58 +166,45 @@ def main(argv: list[str] | None = None) -> int:
     cfg_scale = args.cfg_scale
     if cfg_scale is None:
         cfg_scale = float(meta.get("train_config", {}).get("cfg_scale", 1.0))
+    guided = labels is not None or cond is not None
     print(
         f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, "
-        f"{solver_description(args)}, CFG "
-        f"{cfg_scale if labels is not None or cond is not None else 'off'}",
+        f"{solver_description(args)}, CFG {cfg_scale if guided else 'off'}",
         flush=True,
     )
-    stats = SolverStats()
-    out = generate(
-        model,
-        info,
+    request = SampleRequest(
         args.num,
-        labels=labels,
-        cond=cond,
-        cfg_scale=cfg_scale,
-        resolution=resolution,
-        num_points=args.num_points,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        stats=stats,
-        **solver_options(args),
+        Path(args.out) if args.out else None,
+        args.seed,
+        labels,
+        cond,
+        cfg_scale,
+        resolution,
+        args.num_points,
+        args.batch_size,
+        args.chunk_size,
+        solver_options(args),
+        SolverStats(),
+        args.nrow,
+        class_rows=args.labels in (None, "all"),
+        structures=args.structures,
     )
-    print(f"[inrflow] {stats.describe()}", flush=True)
-    bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())
-    if bad:
-        raise SystemExit(
-            f"sample.py: {bad} of {out.shape[0]} samples contain NaN or infinite values (the "
-            f"checkpoint's weights or the sampler settings are broken); nothing was written"
-        )
-    if info["domain"] == "image":
-        hw = image_shape(info, resolution)
-        path = Path(args.out or "samples.png")
-        nrow = args.nrow or (
-            model.config.num_classes
-            if labels is not None
-            and args.labels in (None, "all")
-            and args.num % model.config.num_classes == 0
-            else None
-        )
-        save_image_grid(out, hw, path, nrow=nrow, scale=max(1, 128 // max(hw)))
-    else:
-        path = Path(args.out or "samples")
-        for i, cloud in enumerate(out):
-            save_ply(cloud, path / f"sample_{i:04d}.ply")
-    if args.npz:
+    try:
+        path, out = domain.sample_files(model, meta, request, _say)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"sample.py: {exc}") from None
+    if args.npz and out is not None:
         np.savez(
             args.npz,
             samples=out.numpy(),
             labels=labels.numpy() if labels is not None else np.zeros(0),
         )
-    print(f"[inrflow] wrote {path}", flush=True)
+    _say(f"wrote {path}")
     return 0
+
+
+def _say(msg: str) -> None:
+    print(f"[inrflow] {msg}", flush=True)
 
 
 def _check_output(path: str | None, folder: bool, flag: str) -> None:
@@ -237,61 +219,6 @@ def _check_output(path: str | None, folder: bool, flag: str) -> None:
     parent = next((q for q in p.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
-
-
-def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt: Any) -> int:
-    import json
-
-    from inrflow.data.proteins import ProteinDataset
-    from inrflow.domains.folding import evaluate_structures
-
-    info, train = meta["dataset"], meta.get("train_config", {})
-    source = args.structures or train.get("data", "proteins")
-    split = "all" if args.structures else "test"
-    try:
-        ds = ProteinDataset(
-            source,
-            max_residues=info["max_residues"],
-            split=split,
-            position_scale=info["position_scale"],
-            residue_embeddings=info.get("residue_embeddings"),
-            frame=info.get("frame", "file"),  # checkpoints from before the frame option
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise SystemExit(f"sample.py: {exc}") from None
-    if ds.coord_dim != model.config.coord_dim:
-        raise SystemExit(
-            f"sample.py: the structures give {ds.coord_dim} feature channels, the model "
-            f"takes {model.config.coord_dim}"
-        )
-    out = Path(args.out or "predicted")
-    print(f"[inrflow] {ckpt} (step {meta['step']}): {len(ds)} chains from {source}", flush=True)
-    stats = SolverStats()
-    scores = evaluate_structures(
-        model,
-        ds,
-        steps=args.steps,
-        method=args.method,
-        seed=args.seed,
-        out_dir=out,
-        time_shift=args.time_shift,
-        atol=args.atol,
-        rtol=args.rtol,
-        stats=stats,
-    )
-    print(f"[inrflow] {stats.describe()}", flush=True)
-    for name, s in scores["chains"].items():
-        print(
-            f"  {name}: {s['residues']} residues, Cα lDDT {s['lddt_ca']:.3f}, "
-            f"TM-score {s['tm_score']:.3f}"
-        )
-    print(
-        f"[inrflow] mean Cα lDDT {scores['lddt_ca']:.3f}, TM-score {scores['tm_score']:.3f}; "
-        f"PDBs in {out}",
-        flush=True,
-    )
-    (out / "scores.json").write_text(json.dumps(scores, indent=1))
-    return 0
 
 
 if __name__ == "__main__":
