@@ -41,7 +41,7 @@ from .config import TrainConfig
 from .distributed import Dist, init_distributed
 from .logging import MetricLogger, plot_loss
 from .optim import EMA, build_optimizer, lr_at
-from .profiler import ProfileWindow
+from .profile_window import ProfileWindow
 from .progress import HEADLINE, TimeBucketLoss, append_progress, class_picture, save_class_clouds
 from .run_folder import RunFolderError, RunLock, open_run_folder, resume_conflicts
 from .throughput import Throughput, device_peak_tflops
