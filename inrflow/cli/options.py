@@ -20,6 +20,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
+from inrflow.checkpoints import load_checkpoint_model
+from inrflow.model import INRFlow
 from inrflow.sampling import DOPRI5_ATOL, DOPRI5_RTOL, METHODS, RESOLUTION_MODES
 
 __all__ = [
@@ -33,6 +37,7 @@ __all__ = [
     "apply_run_defaults",
     "check_sampling_arguments",
     "check_solver_arguments",
+    "load_sampling_model",
     "resolve_device",
     "settings_line",
     "solver_description",
@@ -107,8 +112,6 @@ def add_sample_arguments(
 
 def resolve_device(name: str) -> str:
     """``auto`` -> ``cuda`` when available, else ``cpu``; other names unchanged."""
-    import torch
-
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
@@ -255,3 +258,18 @@ def solver_description(args: argparse.Namespace) -> str:
             " x sqrt(pairs ratio)" if args.shift_by_resolution else ""
         )
     return text
+
+
+def load_sampling_model(
+    args: argparse.Namespace, device: torch.device
+) -> tuple[INRFlow, dict[str, Any]]:
+    """The model of ``--ckpt`` and its flat metadata
+    (:func:`inrflow.checkpoints.load_checkpoint_model`); fills the sampler options left unset
+    from the run (:func:`apply_run_defaults`) and prints the settings line before anything is
+    sampled (``evaluate.py``: balanced class labels, so guided whenever the model has classes)."""
+    model, meta = load_checkpoint_model(args.ckpt, device)
+    filled = apply_run_defaults(args, meta.get("train_config") or {})
+    guided = bool(int(meta.get("num_classes", model.config.num_classes) or 0))
+    step = meta.get("step", "?")
+    print(settings_line(args, str(args.ckpt), step, args.num, guided, filled), flush=True)
+    return model, meta

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inrflow.checkpoints import load_model
+from inrflow.checkpoints import load_checkpoint_model, stored_dataset_info
 from inrflow.cli.options import (
     add_checkpoint_argument,
     add_sample_arguments,
@@ -67,8 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_checkpoint_argument(
         p,
         required=True,
-        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
-        "folder exported by python -m inrflow.export",
+        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), a "
+        "folder exported by python -m inrflow.export, or a plain torch checkpoint file",
     )
     add_sample_arguments(p, num_default=16, num_help="number of samples (default 16)")
     add_solver_arguments(p)
@@ -119,14 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+        model, meta = load_checkpoint_model(args.ckpt, device, checksums=not args.no_checksums)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    info = meta["dataset"]
+    info, ckpt = stored_dataset_info(meta), meta["checkpoint"]
     filled = apply_run_defaults(args, meta.get("train_config", {}))
     if info["domain"] == "protein":
         _check_output(args.out, folder=True, flag="--out")
-        return _sample_proteins(args, model, meta, ckpt)
+        return _sample_proteins(args, model, meta)
     _check_output(args.out, folder=info["domain"] != "image", flag="--out")
     _check_output(args.npz, folder=False, flag="--npz")
     try:
@@ -202,13 +202,13 @@ def _check_output(path: str | None, folder: bool, flag: str) -> None:
         raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
 
 
-def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt: Any) -> int:
+def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict[str, Any]) -> int:
     import json
 
     from inrflow.data.proteins import ProteinDataset
     from inrflow.folding import evaluate_structures
 
-    info, train = meta["dataset"], meta.get("train_config", {})
+    info, train = stored_dataset_info(meta), meta.get("train_config", {})
     source = args.structures or train.get("data", "proteins")
     split = "all" if args.structures else "test"
     try:
@@ -228,7 +228,10 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
             f"takes {model.config.coord_dim}"
         )
     out = Path(args.out or "predicted")
-    print(f"[inrflow] {ckpt} (step {meta['step']}): {len(ds)} chains from {source}", flush=True)
+    print(
+        f"[inrflow] {meta['checkpoint']} (step {meta['step']}): {len(ds)} chains from {source}",
+        flush=True,
+    )
     stats = SolverStats()
     scores = evaluate_structures(
         model,
