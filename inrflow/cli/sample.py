@@ -19,18 +19,20 @@ scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from inrflow.checkpoints import load_model
+from inrflow.checkpoints import load_checkpoint_model, stored_dataset_info
 from inrflow.cli.options import (
+    add_checkpoint_argument,
+    add_sample_arguments,
     add_solver_arguments,
-    check_solver_arguments,
-    solver_description,
+    apply_run_defaults,
+    check_sampling_arguments,
+    resolve_device,
+    settings_line,
     solver_options,
 )
 from inrflow.domains import SampleRequest, domain_for
@@ -46,7 +48,7 @@ examples:
   python sample.py --ckpt runs/digits --num 100 --cfg-scale 3 --out digits.png
   python sample.py --ckpt runs/digits --resolution 32 --labels 3,3,3,7 --out big.png
   python sample.py --ckpt runs/digits --resolution 16 32 --out wide.png
-  python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --num-points 4096 --out clouds/
+  python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --points 4096 --out clouds/
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
   python sample.py --ckpt runs/protein --structures my_pdbs/ --out predicted/
@@ -59,40 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--ckpt",
+    add_checkpoint_argument(
+        p,
         required=True,
-        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
-        "folder exported by python -m inrflow.export",
+        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), a "
+        "folder exported by python -m inrflow.export, or a plain torch checkpoint file",
     )
-    p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
+    add_sample_arguments(p, num_default=16, num_help="number of samples (default 16)")
+    add_solver_arguments(p)
     p.add_argument(
         "--labels",
         default=None,
         help="class labels, cycled: '3,7', 'all' (0,1,2,... the default for "
         "class-conditional models) or 'none' (unconditional)",
-    )
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (default: the training run's)",
-    )
-    add_solver_arguments(p, default_steps=50)
-    p.add_argument(
-        "--resolution",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="output size in pixels, any size: one side (square) or H W "
-        "(default: the training resolution)",
-    )
-    p.add_argument(
-        "--num-points",
-        type=int,
-        default=None,
-        help="points per cloud, any number (default: the training count)",
     )
     p.add_argument(
         "--cond",
@@ -106,15 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="proteins: PDB/mmCIF file or folder (or 'proteins') to predict; default: the "
         "training run's held-out chains",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
     p.add_argument(
         "--chunk-size",
         type=int,
         default=1 << 16,
         help="query points per decoder pass, bounds memory (default 65536)",
     )
-    p.add_argument("--device", default="auto", help="cpu|cuda|auto (default auto)")
     p.add_argument(
         "--out",
         default=None,
@@ -131,27 +109,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.num < 1 or args.batch_size < 1:
-        raise SystemExit("sample.py: --num and --batch-size must be >= 1")
-    if (err := check_solver_arguments(args)) is not None:
+    device = resolve_device(args.device)
+    if (err := check_sampling_arguments(args)) is not None:
         raise SystemExit(f"sample.py: {err}")
-    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
-        raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
-    if args.num_points is not None and args.num_points < 1:
-        raise SystemExit("sample.py: --num-points must be >= 1")
     if args.chunk_size < 1:
         raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
-    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
-        raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+        model, meta = load_checkpoint_model(args.ckpt, device, checksums=not args.no_checksums)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    domain = domain_for(meta["dataset"]["domain"])
+    info, ckpt = stored_dataset_info(meta), meta["checkpoint"]
+    filled = apply_run_defaults(args, meta.get("train_config", {}))
+    domain = domain_for(info["domain"])
     _check_output(args.out, folder=domain.writes_folder, flag="--out")
     _check_output(args.npz, folder=False, flag="--npz")
     try:
@@ -163,24 +133,17 @@ def main(argv: list[str] | None = None) -> int:
             cond = load_condition(args.cond, model.config.cond_dim)
     except ValueError as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    cfg_scale = args.cfg_scale
-    if cfg_scale is None:
-        cfg_scale = float(meta.get("train_config", {}).get("cfg_scale", 1.0))
     guided = labels is not None or cond is not None
-    print(
-        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, "
-        f"{solver_description(args)}, CFG {cfg_scale if guided else 'off'}",
-        flush=True,
-    )
+    print(settings_line(args, str(ckpt), meta["step"], args.num, guided, filled), flush=True)
     request = SampleRequest(
         args.num,
         Path(args.out) if args.out else None,
         args.seed,
         labels,
         cond,
-        cfg_scale,
+        args.cfg_scale,
         resolution,
-        args.num_points,
+        args.points,
         args.batch_size,
         args.chunk_size,
         solver_options(args),
@@ -190,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         structures=args.structures,
     )
     try:
-        path, out = domain.sample_files(model, meta, request, _say)
+        path, out = domain.sample_files(model, info, meta.get("train_config", {}), request, _say)
     except (OSError, ValueError, KeyError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
     if args.npz and out is not None:

@@ -236,14 +236,20 @@ class Domain:
     default_out: ClassVar[str] = "samples"
 
     def sample_files(
-        self, model: INRFlow, meta: dict[str, Any], request: SampleRequest, log: Callable
+        self,
+        model: INRFlow,
+        info: dict[str, Any],
+        train: dict[str, Any],
+        request: SampleRequest,
+        log: Callable[[str], None],
     ) -> tuple[Path, torch.Tensor | None]:
-        """``sample.py``: draw ``request.num`` samples from a checkpoint's model (``meta``: its
-        manifest) and write them; returns where, and the samples. Samples with NaN or
-        infinite values raise ``ValueError`` before anything is written."""
+        """``sample.py``: draw ``request.num`` samples from a checkpoint's model (``info``: the
+        stored dataset description, ``train``: the run's train config) and write them; returns
+        where, and the samples. Samples with NaN or infinite values raise ``ValueError``
+        before anything is written."""
         out = generate(
             model,
-            meta["dataset"],
+            info,
             request.num,
             labels=request.labels,
             cond=request.cond,
@@ -265,7 +271,7 @@ class Domain:
                 f"checkpoint's weights or the sampler settings are broken); nothing was written"
             )
         path = request.out or Path(self.default_out)
-        self.write(out, meta["dataset"], path, request, model.config.num_classes)
+        self.write(out, info, path, request, model.config.num_classes)
         return path, out
 
     def write(

@@ -96,12 +96,16 @@ class ProteinDomain(Domain):
     default_out = "predicted"
 
     def sample_files(
-        self, model: INRFlow, meta: dict[str, Any], request: SampleRequest, log: Callable
+        self,
+        model: INRFlow,
+        info: dict[str, Any],
+        train: dict[str, Any],
+        request: SampleRequest,
+        log: Callable[[str], None],
     ) -> tuple[Path, torch.Tensor | None]:
         """One predicted structure per chain of ``request.structures`` (default: the run's
         held-out chains), scored against the true one (Cα lDDT, TM-score): PDB files and
         ``scores.json`` in the output folder."""
-        info, train = meta["dataset"], meta.get("train_config", {})
         source = request.structures or train.get("data", "proteins")
         ds = ProteinDataset(
             source,
