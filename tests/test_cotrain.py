@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from test_train import REPO, copy_run, losses, script_env, tiny_argv
+from helpers import REPO, copy_run, losses, script_env, tiny_argv
 
 from inrflow.checkpoints import list_checkpoints, load_ema_model, read_manifest
 from inrflow.data.schedule import DomainSchedule
@@ -55,7 +55,7 @@ def cotrain(argv: list[str]) -> dict:
 def model_state(ckpt: Path, key: str = "model") -> dict[str, torch.Tensor]:
     """The raw (not EMA) weights, or the EMA ones, stored in a co-training checkpoint."""
     meta = read_manifest(ckpt)
-    configs = {n: INRFlowConfig(**c) for n, c in meta["model_configs"].items()}
+    configs = {n: INRFlowConfig.from_dict(c) for n, c in meta["model_configs"].items()}
     model = MultiDomainINRFlow(configs)
     state = {key: {n: p.detach().clone() for n, p in model.named_parameters()}}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes

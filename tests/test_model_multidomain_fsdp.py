@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from multidomain_fsdp_worker import SCHEDULE
-from test_train import script_env
+from helpers import script_env
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -218,9 +218,7 @@ class CoTrainer(Trainer):
                 "--overwrite or another --out for a new run"
             )
         for name, fields in stored.items():
-            kept = INRFlowConfig(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
-            )
+            kept = INRFlowConfig.from_dict(fields)
             if kept != mine[name]:
                 raise RunFolderError(
                     f"cannot resume {path}: the {name} model of the checkpoint differs from this "
