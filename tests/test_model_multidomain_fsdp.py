@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from multidomain_fsdp_worker import SCHEDULE
 from helpers import script_env
+from multidomain_fsdp_worker import SCHEDULE
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

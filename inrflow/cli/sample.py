@@ -52,7 +52,7 @@ examples:
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
   python sample.py --ckpt runs/protein --structures my_pdbs/ --out predicted/
-  python sample.py --ckpt runs/cotrain --domain shapes --out clouds/   # one domain of a co-trained model
+  python sample.py --ckpt runs/cotrain --domain shapes --out clouds/  # a co-trained domain
 """
 
 
