@@ -18,7 +18,7 @@ import torch
 
 import inrflow
 from inrflow import _extension, ops, profiling
-from inrflow.ops import _backend
+from inrflow.ops import _backend, _registry
 from inrflow.ops import reference as ref
 
 EXT = ops.extension_available()
@@ -135,6 +135,50 @@ def test_backend_decision_follows_the_dispatcher(probe_op: str) -> None:
         pytest.raises(RuntimeError, match=r"not loaded|does not implement"),
     ):
         _backend.use_extension("no_such_op", cpu)
+
+
+@requires_extension
+def test_register_op_registers_once_and_only_ops_that_exist(probe_op: str) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fake(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return torch.empty_like(x)
+
+    def never(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a second registration replaced the first")
+
+    try:
+        assert not _registry.register_op("no_such_op", fake=fake)
+        assert not _registry.register_op(probe_op, fake=fake, needs=("no_such_op",))
+        assert probe_op not in _extension.registered_ops
+        assert _registry.register_op(probe_op, fake=fake)
+        assert _registry.register_op(probe_op, fake=never)  # idempotent: the first one stays
+        out = getattr(torch.ops.inrflow, probe_op)(torch.empty(2, 3, device="meta"))
+        assert out.shape == (2, 3) and out.device.type == "meta" and calls == [(2, 3)]
+    finally:
+        _extension.registered_ops.discard(probe_op)
+
+
+def test_every_compiled_op_is_registered_from_python() -> None:
+    # Each schema of csrc/ops.cpp has its fake kernel (and autograd where differentiable) attached
+    # by inrflow.ops at import, whenever the extension is loaded.
+    ops_of_c = {
+        "fourier_embed",
+        "fourier_embed_backward",
+        "nearest_assign",
+        "grid_assign",
+        "group_layout",
+        "grouped_cross_attention",
+        "grouped_cross_attention_forward",
+        "grouped_cross_attention_backward",
+    }
+    if not EXT:
+        assert not (ops_of_c & _extension.registered_ops)
+        return
+    assert ops_of_c <= _extension.registered_ops
+    for op in ops_of_c:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"inrflow::{op}", "Meta"), op
 
 
 @pytest.fixture
