@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import inrflow
-from inrflow import _extension, ops, profiling
+from inrflow import _extension, nvtx, ops
 from inrflow.ops import _backend, _registry
 from inrflow.ops import reference as ref
 
@@ -347,7 +347,7 @@ def test_import_with_extension_does_not_warn() -> None:
 def test_ops_are_nvtx_wrapped_exactly_when_nvtx_is_enabled() -> None:
     # decorators were applied when inrflow was imported in this process
     if not os.environ.get("INRFLOW_NVTX"):
-        assert hasattr(ops.nearest_assign, "__wrapped__") == profiling.nvtx_enabled()
+        assert hasattr(ops.nearest_assign, "__wrapped__") == nvtx.nvtx_enabled()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -17,10 +17,10 @@ import math
 
 import torch
 
+from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
 from inrflow.ops._registry import register_op
-from inrflow.profiling import nvtx_range
 
 __all__ = ["grouped_cross_attention"]
 

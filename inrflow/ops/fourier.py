@@ -6,10 +6,10 @@ import math
 
 import torch
 
+from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
 from inrflow.ops._registry import register_op
-from inrflow.profiling import nvtx_range
 
 __all__ = ["fourier_embed", "fourier_frequencies"]
 
