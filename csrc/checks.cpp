@@ -275,8 +275,7 @@ AttentionDims check_attention(const char* op, const at::Tensor& q, const at::Ten
   TORCH_CHECK(v.dim() == 3, op, ": v must be [T, Hkv, Dv], got shape ", v.sizes());
   TORCH_CHECK(offsets.dim() == 1, op, ": offsets must be 1-D [G+1], got shape ", offsets.sizes());
   const auto t = q.scalar_type();
-  TORCH_CHECK(float_dtype(t), op,
-              ": q must be float32, float16, bfloat16 or float64, got ", t);
+  TORCH_CHECK(float_dtype(t), op, ": q must be float32, float16, bfloat16 or float64, got ", t);
   TORCH_CHECK(k.scalar_type() == t && v.scalar_type() == t, op,
               ": q, k and v must share one dtype, got ", t, ", ", k.scalar_type(), ", ",
               v.scalar_type());

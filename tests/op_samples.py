@@ -118,8 +118,7 @@ def fourier_embed(device: str = "cpu") -> list[Sample]:
         for dtype in FLOAT_DTYPES:
             for inc in (False, True):
                 shape = (*lead, channels)
-                seed = hash((shape, num_freqs, scale)) % 2**31
-                x = _uniform(shape, dtype, seed, scale).to(device)
+                x = _uniform(shape, dtype, len(samples), scale).to(device)
                 uses = (
                     {"emulator"}
                     if (lead, channels, num_freqs, scale) in _FOURIER_EMULATED

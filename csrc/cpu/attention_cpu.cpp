@@ -26,6 +26,7 @@
 #include "dispatch.h"
 #include "inrflow/grouped_attention.h"
 
+// Forced inlining, so that the AVX2 clones below compile these templates for their own ISA.
 #define INRFLOW_ATTN_INLINE INRFLOW_ALWAYS_INLINE
 
 namespace inrflow {
