@@ -26,8 +26,10 @@
 #include "dispatch.h"
 #include "inrflow/grouped_attention.h"
 
-// Forced inlining, so that the AVX2 clones below compile these templates for their own ISA.
+// Forced inlining, so that the AVX2 clones below compile these templates for their own ISA; and
+// whether x86-64 code (intrinsics, target clones) may be compiled here at all.
 #define INRFLOW_ATTN_INLINE INRFLOW_ALWAYS_INLINE
+#define INRFLOW_ATTN_X86 INRFLOW_X86_DISPATCH
 
 namespace inrflow {
 namespace {
