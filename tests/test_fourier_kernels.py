@@ -357,27 +357,17 @@ def test_opcheck_raw_ops(device: str, sample: Sample) -> None:
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("sample", GRADCHECK, ids=op_samples.ids(GRADCHECK))
-def test_gradcheck_public_api_fp64(device: str, sample: Sample) -> None:
+@pytest.mark.parametrize(
+    "check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck], ids=lambda c: c.__name__
+)
+def test_gradcheck_public_api_fp64(device: str, sample: Sample, check) -> None:
+    """First and second derivatives (the backward op has its own autograd formula)."""
     x, freqs, include_input = on(sample, device)
     x.requires_grad_()
     with inrflow.ops.use_backend("extension"):
-        assert torch.autograd.gradcheck(
-            lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,)
-        )
+        assert check(lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,))
         out = inrflow.ops.fourier_embed(x, freqs, include_input)
     assert "inrflow" in type(out.grad_fn).__name__  # the registered autograd, not the reference
-
-
-@requires_extension
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("sample", GRADCHECK, ids=op_samples.ids(GRADCHECK))
-def test_gradgradcheck_public_api_fp64(device: str, sample: Sample) -> None:
-    x, freqs, include_input = on(sample, device)
-    x.requires_grad_()
-    with inrflow.ops.use_backend("extension"):
-        assert torch.autograd.gradgradcheck(
-            lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,)
-        )
 
 
 @requires_extension
@@ -542,33 +532,10 @@ _PTR = ctypes.c_void_p
 def emulated():
     """(library, forward launcher, backward launcher) of the emulated fourier.cu."""
     lib = build_emulated([FOURIER_CU], "fourier")
-    fwd = lib.function(
-        "inrflow_fourier_embed_forward",
-        _I32,
-        _I32,
-        _PTR,
-        _PTR,
-        _PTR,
-        _I64,
-        _I64,
-        _I64,
-        _I32,
-        _PTR,
-    )
-    bwd = lib.function(
-        "inrflow_fourier_embed_backward",
-        _I32,
-        _I32,
-        _PTR,
-        _PTR,
-        _PTR,
-        _PTR,
-        _I64,
-        _I64,
-        _I64,
-        _I32,
-        _PTR,
-    )
+    # (dtype code, inputs..., output, rows, channels, num_freqs, include_input, stream)
+    sizes = (_I64, _I64, _I64, _I32, _PTR)
+    fwd = lib.function("inrflow_fourier_embed_forward", _I32, _I32, *(_PTR,) * 3, *sizes)
+    bwd = lib.function("inrflow_fourier_embed_backward", _I32, _I32, *(_PTR,) * 4, *sizes)
     return lib, fwd, bwd
 
 
