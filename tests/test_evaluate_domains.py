@@ -131,3 +131,17 @@ def test_a_new_domain_is_evaluated_without_changing_the_cli(
     argv = ["--samples", str(tmp_path / "s.tally"), "--kind", "tally", "--num", "2"]
     assert ev.main([*argv, "--out", str(out), "--no-progress"]) == 0
     assert json.loads(out.read_text())["metrics"] == {"mean": 1.5, "num_samples": 2}
+
+
+def test_scoring_without_the_reference_it_needs_is_a_clear_error(tmp_path, capsys) -> None:
+    np.save(tmp_path / "images.npy", np.zeros((4, 1, 8, 8), np.float32))
+    np.save(tmp_path / "clouds.npy", np.zeros((4, 32, 3), np.float32))
+    for name, message in (
+        ("images", "image metrics need --ref"),
+        ("clouds", "point-cloud metrics need --ref"),
+    ):
+        argv = ["--samples", str(tmp_path / f"{name}.npy"), "--out", str(tmp_path / "r.json")]
+        assert ev.main([*argv, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"evaluate.py: error: {message}" in err and "Traceback" not in err
+    assert not (tmp_path / "r.json").exists()
