@@ -13,8 +13,7 @@ import torch
 from inrflow.data import BUNDLED, CoordinateDataset, DigitsDataset, ImageFolderDataset
 from inrflow.data.io import save_image_grid
 from inrflow.generation import image_shape
-from inrflow.metrics.images import ARRAY_SUFFIXES, load_images, to_unit_float
-from inrflow.metrics.images import IMAGE_SUFFIXES as IMAGE_SAMPLE_SUFFIXES
+from inrflow.metrics.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_images, to_unit_float
 from inrflow.metrics.io import check_labels, sample_files
 from inrflow.model import grid_coords
 from inrflow.model.config import INRFlowConfig
@@ -32,8 +31,6 @@ from .base import (
 )
 
 __all__ = ["ImageDomain"]
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 #: the bundled digits, as a training set and as the reference of the digits scoring
@@ -124,7 +121,7 @@ class ImageDomain(Domain):
     # -- the evaluation application ----------------------------------------------------------
     def recognises(self, path: Path) -> bool:
         """Image files, or array files that no earlier domain (point clouds) claimed."""
-        suffixes = (*IMAGE_SAMPLE_SUFFIXES, *ARRAY_SUFFIXES)
+        suffixes = (*IMAGE_SUFFIXES, *ARRAY_SUFFIXES)
         return any(f.suffix.lower() in suffixes for f in sample_files(path))
 
     def read_samples(self, path: Path) -> torch.Tensor:
