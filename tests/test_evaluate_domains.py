@@ -145,3 +145,15 @@ def test_scoring_without_the_reference_it_needs_is_a_clear_error(tmp_path, capsy
         err = capsys.readouterr().err
         assert f"evaluate.py: error: {message}" in err and "Traceback" not in err
     assert not (tmp_path / "r.json").exists()
+
+
+def test_train_task_accepts_every_registered_domain(monkeypatch) -> None:
+    """``--task`` names the registry's domains, so a new domain needs no edit of the config."""
+    from inrflow.domains import DOMAINS
+    from inrflow.train.config import TrainConfig
+
+    monkeypatch.setitem(DOMAINS, "heatmap", DOMAINS["image"])
+    for name in DOMAINS:
+        assert TrainConfig(task=name).validate().task == name
+    with pytest.raises(ValueError, match="--task must be one of"):
+        TrainConfig(task="audio").validate()
