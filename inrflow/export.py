@@ -25,13 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--no-checksums", action="store_true", help="skip the CRC32 check of the checkpoint"
     )
+    p.add_argument(
+        "--domain", default=None, help="the domain to export of a co-training checkpoint"
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     if (out / "checkpoints").exists() or (out / MANIFEST).exists():
         raise SystemExit(f"inrflow.export: {out} is a training run or checkpoint; export elsewhere")
     try:
-        model, manifest, ckpt = load_ema_model(args.ckpt, "cpu", checksums=not args.no_checksums)
-    except FileNotFoundError as exc:
+        model, manifest, ckpt = load_ema_model(
+            args.ckpt, "cpu", checksums=not args.no_checksums, domain=args.domain
+        )
+    except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"inrflow.export: {exc}") from None
     meta = {
         "step": manifest["step"],

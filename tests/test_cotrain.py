@@ -17,8 +17,9 @@ from helpers import REPO, copy_run, losses, script_env, tiny_argv
 
 from inrflow.checkpoints import list_checkpoints, load_ema_model, read_manifest
 from inrflow.data.schedule import DomainSchedule
+from inrflow.export import main as export
 from inrflow.generation import generate
-from inrflow.model import MultiDomainINRFlow
+from inrflow.model import MultiDomainINRFlow, load_pretrained
 from inrflow.model.config import INRFlowConfig
 from inrflow.train import parse_args
 from inrflow.train.cotrain import CoTrainer, default_weights
@@ -180,3 +181,15 @@ def test_two_gloo_processes_leave_the_unused_domain_alone(reference, tmp_path) -
             assert own and all(torch.equal(before[k], after[k]) for k in own), (step, key)
             moved = [k for k in before if k.startswith(f"domains.{trained}.")]
             assert any(not torch.equal(before[k], after[k]) for k in moved), (step, key)
+
+
+def test_export_and_the_sampling_options_take_a_domain(reference, tmp_path) -> None:
+    with pytest.raises(SystemExit, match=r"co-training checkpoint of \['digits', 'shapes'\]"):
+        export(["--ckpt", str(reference), "--out", str(tmp_path / "none")])
+    assert (
+        export(["--ckpt", str(reference), "--domain", "shapes", "--out", str(tmp_path / "e")]) == 0
+    )
+    shapes, _, _ = load_ema_model(reference, domain="shapes")
+    exported = load_pretrained(tmp_path / "e")
+    for (name, p), q in zip(shapes.named_parameters(), exported.parameters(), strict=True):
+        assert torch.equal(p, q), name

@@ -59,11 +59,19 @@ def add_hidden_alias(p: argparse._ActionsContainer, alias: str, dest: str, **kw:
 
 def add_checkpoint_argument(p: argparse._ActionsContainer, required: bool, help: str) -> None:
     """``--ckpt`` (older spelling ``--checkpoint``): the checkpoint to sample from. ``required``:
-    one of the two spellings must be given (a group of its own, so the alias counts)."""
+    one of the two spellings must be given (a group of its own, so the alias counts). Also
+    ``--domain``: which domain of a co-training checkpoint."""
     if required:
         p = p.add_mutually_exclusive_group(required=True)
     p.add_argument("--ckpt", default=None, help=help)
     add_hidden_alias(p, "--checkpoint", "ckpt")
+    parser = getattr(p, "_container", p)  # the group's parser: --domain is no alternative
+    parser.add_argument(
+        "--domain",
+        default=None,
+        help="the domain of a co-training checkpoint (e.g. digits or shapes of train.py "
+        "--preset cotrain): it is loaded as a single-domain checkpoint",
+    )
 
 
 def add_sample_arguments(
@@ -267,7 +275,7 @@ def load_sampling_model(
     (:func:`inrflow.checkpoints.load_checkpoint_model`); fills the sampler options left unset
     from the run (:func:`apply_run_defaults`) and prints the settings line before anything is
     sampled (``evaluate.py``: balanced class labels, so guided whenever the model has classes)."""
-    model, meta = load_checkpoint_model(args.ckpt, device)
+    model, meta = load_checkpoint_model(args.ckpt, device, domain=args.domain)
     filled = apply_run_defaults(args, meta.get("train_config") or {})
     guided = bool(int(meta.get("num_classes", model.config.num_classes) or 0))
     step = meta.get("step", "?")

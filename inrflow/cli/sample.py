@@ -70,12 +70,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), a "
         "folder exported by python -m inrflow.export, or a plain torch checkpoint file",
     )
-    p.add_argument(
-        "--domain",
-        default=None,
-        help="the domain to sample of a co-training checkpoint (e.g. digits or shapes of "
-        "train.py --preset cotrain); its samples are those of a single-domain checkpoint",
-    )
     add_sample_arguments(p, num_default=16, num_help="number of samples (default 16)")
     add_solver_arguments(p)
     p.add_argument(
