@@ -6,11 +6,10 @@ from __future__ import annotations
 import math
 import time
 
-import pytest
 import torch
 import torch.nn.functional as F
 
-from inrflow.flow import cicfm_loss
+from inrflow.flow import FlowDraws, cicfm_loss, draw
 from inrflow.model import build_model, grid_coords
 from inrflow.sampling import nested_grid_index, sample
 
@@ -36,16 +35,6 @@ def downsample2(img: torch.Tensor, n: int) -> torch.Tensor:
     return F.avg_pool2d(chw, 2).permute(0, 2, 3, 1).reshape(-1, img.shape[-1])
 
 
-@pytest.fixture
-def one_thread():
-    """A model this small gains nothing from intra-op threads, and on a busy CI machine spinning
-    OpenMP threads can make it 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:
     torch.manual_seed(0)
     coords, img = smooth_image(16)
@@ -63,9 +52,7 @@ def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:
                 model,
                 coords.expand(64, -1, -1),
                 img.expand(64, -1, -1),
-                None,
-                t=t_eval,
-                noise=noise_eval,
+                FlowDraws(t_eval, noise_eval),
             )
         model.train()
         return loss.item()
@@ -73,7 +60,10 @@ def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:
     before = eval_loss()
     start = time.perf_counter()
     for _ in range(300):
-        loss = cicfm_loss(model, coords.expand(batch, -1, -1), img.expand(batch, -1, -1), 128)
+        values = img.expand(batch, -1, -1)
+        loss = cicfm_loss(
+            model, coords.expand(batch, -1, -1), values, draw(values, num_queries=128)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

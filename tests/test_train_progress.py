@@ -11,12 +11,8 @@ from PIL import Image
 
 from inrflow.data.demo import ShapesDataset
 from inrflow.data.io import save_point_cloud_grid
-from inrflow.train.progress import (
-    TimeBucketLoss,
-    append_progress,
-    class_picture,
-    save_class_clouds,
-)
+from inrflow.domains.pointcloud import class_picture, save_class_clouds
+from inrflow.train.progress import TimeBucketLoss, append_progress
 
 
 def test_time_bucket_means_match_a_plain_loop() -> None:
@@ -73,7 +69,7 @@ def test_class_picture_rows_and_errors(tmp_path) -> None:
 
 
 def test_a_shapes_run_logs_time_bands_scores_and_writes_the_picture(tmp_path) -> None:
-    from tests.test_train import TINY_MODEL, tiny_config, train
+    from helpers import TINY_MODEL, tiny_config, train
 
     model = {k: TINY_MODEL[k] for k in ("hidden", "depth", "heads", "encoder_heads")}
     cfg = tiny_config(
