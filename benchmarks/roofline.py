@@ -2,9 +2,10 @@
 
 A kernel that must move ``B`` bytes and do ``F`` floating-point operations cannot take less than
 ``max(B / bandwidth, F / flop_rate)`` on a machine; its *roofline share* is that lower bound over
-its measured time (1.0 is the roofline). Both rates are measured in the same process, on the same
-(possibly shared, possibly throttled) machine and with the same thread count as the benchmarks,
-so the share says how much of what this machine delivers right now a kernel uses, not how it
+its measured time (1.0 is the roofline). Both rates are measured in the same process, with the
+same thread count, right after each benchmark's timed rounds (on a shared machine what it
+delivers drifts within minutes: a rate measured once per session gave shares above 100%), so the
+share says how much of what this machine delivered at that moment a kernel uses, not how it
 compares with a datasheet:
 
 * bandwidth: a copy of a 256 MiB fp32 tensor into a preallocated one (no page faults), counted
@@ -12,15 +13,13 @@ compares with a datasheet:
 * compute: an fp32 square matmul (2048 on the CPU, 8192 on a GPU) through torch (MKL / oneDNN /
   cuBLAS), ``2 n^3`` FLOPs, median of 3.
 
-Each rate is measured once per device per session (:func:`machine_roofline`).
-:func:`record` stores the achieved GB/s, GFLOP/s, bound and share in a benchmark's
-``extra_info`` and keeps a row for the table that ``benchmarks/conftest.py`` prints at the end of
-the session.
+:func:`record` measures them (:func:`machine_roofline`) and stores the achieved GB/s, GFLOP/s,
+bound and share in a benchmark's ``extra_info``, and keeps a row for the table that
+``benchmarks/conftest.py`` prints at the end of the session.
 """
 
 from __future__ import annotations
 
-import functools
 import statistics
 import time
 from collections.abc import Callable
@@ -64,9 +63,8 @@ def _median_seconds(fn: Callable[[], object], device: str, repeats: int) -> floa
     return statistics.median(times)
 
 
-@functools.cache
 def machine_roofline(device: str = "cpu") -> Roofline:
-    """Copy bandwidth and GEMM FLOP rate of ``device`` ("cpu" or "cuda"), measured once."""
+    """Copy bandwidth and GEMM FLOP rate of ``device`` ("cpu" or "cuda"), measured now."""
     kind = torch.device(device).type
     if kind not in GEMM_SIZE:
         raise ValueError(f"machine_roofline: device must be cpu or cuda, got {device!r}")
@@ -116,17 +114,15 @@ def table() -> list[str]:
     """The recorded rows as aligned text lines (empty when nothing was timed)."""
     if not ROWS:
         return []
-    roofs = {name: (f["copy GB/s"], f["gemm GFLOP/s"]) for name, f in ROWS}
     width = max(len(name) for name, _ in ROWS)
     lines = [
-        f"{'benchmark':<{width}}  {'median s':>9}  {'GB/s':>7}  {'GFLOP/s':>8}  "
-        f"{'bound s':>8}  {'by':>7}  {'share':>6}"
+        f"{'benchmark':<{width}}  {'median s':>9}  {'GB/s':>7}  {'GFLOP/s':>8}  {'copy GB/s':>9}  "
+        f"{'GEMM GFLOP/s':>12}  {'bound s':>8}  {'by':>7}  {'share':>6}"
     ]
     for name, f in ROWS:
         lines.append(
             f"{name:<{width}}  {f['median_s']:9.4f}  {f['GB/s']:7.2f}  {f['GFLOP/s']:8.2f}  "
-            f"{f['bound_s']:8.4f}  {f['bound by']:>7}  {f['roofline share']:6.1%}"
+            f"{f['copy GB/s']:9.2f}  {f['gemm GFLOP/s']:12.1f}  {f['bound_s']:8.4f}  "
+            f"{f['bound by']:>7}  {f['roofline share']:6.1%}"
         )
-    copy_gbs, gemm = next(iter(roofs.values()))
-    lines.append(f"roofline of this session: copy {copy_gbs:.1f} GB/s, GEMM {gemm:.1f} GFLOP/s")
     return lines

@@ -4,10 +4,13 @@
 // Work is cut as in the CUDA kernels (inrflow/grouped_attention.h): a task is one split of at most
 // kMaxSplit keys of one group for one kv head, over all query heads that share it, so Zipf-sized
 // groups parallelise like uniform ones. Groups with several splits write (m, l, acc) partials
-// (forward) or dq partials (backward) that a second parallel pass merges. Inner loops are dot
-// products with independent accumulators and axpys over the head dim, which g++ vectorises; they
-// are compiled twice on x86-64 (baseline and target("avx2,fma,f16c")), picked at run time.
-// Accumulation: fp32 for fp32/fp16/bf16 (half rows are widened once per use), fp64 for fp64.
+// (forward) or dq partials (backward) that a second parallel pass merges with the log-sum-exp
+// merge math shared with the CUDA kernels. A task's work is four small matrix products over its
+// key and value blocks (see "Inner loops"), written once against an ISA policy and compiled twice
+// on x86-64: plain loops (baseline) and target("avx2,fma,f16c") with fp32 intrinsics, picked at
+// run time. Outputs are backed by huge pages where the OS allows it and the backward streams its
+// dk/dv rows past the cache, so that at large sizes the kernel runs near the memory bandwidth.
+// Accumulation: fp32 for fp32/fp16/bf16 (half blocks are widened once per task), fp64 for fp64.
 #include <ATen/Config.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -354,7 +357,9 @@ struct Avx2Ops {
       for (int64_t i = 0; i < count; ++i) {
         const __m256 wi = _mm256_set1_ps(w[i]);
         const float* xi = x + i * ld + e;
-        for (int u = 0; u < 8; ++u) acc[u] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(xi + 8 * u), acc[u]);
+        for (int u = 0; u < 8; ++u) {
+          acc[u] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(xi + 8 * u), acc[u]);
+        }
       }
       for (int u = 0; u < 8; ++u) _mm256_storeu_ps(y + e + 8 * u, _mm256_mul_ps(acc[u], f));
     }
@@ -365,7 +370,9 @@ struct Avx2Ops {
         a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[i]), _mm256_loadu_ps(x + i * ld + e), a0);
         a1 = _mm256_fmadd_ps(_mm256_set1_ps(w[i + 1]), _mm256_loadu_ps(x + (i + 1) * ld + e), a1);
       }
-      if (i < count) a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[i]), _mm256_loadu_ps(x + i * ld + e), a0);
+      if (i < count) {
+        a0 = _mm256_fmadd_ps(_mm256_set1_ps(w[i]), _mm256_loadu_ps(x + i * ld + e), a0);
+      }
       _mm256_storeu_ps(y + e, _mm256_mul_ps(_mm256_add_ps(a0, a1), f));
     }
     if (e < n) {
@@ -395,7 +402,9 @@ struct Avx2Ops {
       for (int64_t i = 0; i < count; ++i) {
         const __m256 wi = _mm256_set1_ps(w[i]);
         const float* xi = x + i * ld + e;
-        for (int u = 0; u < 4; ++u) acc[u] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(xi + 8 * u), acc[u]);
+        for (int u = 0; u < 4; ++u) {
+          acc[u] = _mm256_fmadd_ps(wi, _mm256_loadu_ps(xi + 8 * u), acc[u]);
+        }
       }
       for (int u = 0; u < 4; ++u) _mm256_stream_ps(y + e + 8 * u, _mm256_mul_ps(acc[u], f));
     }

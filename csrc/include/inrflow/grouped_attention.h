@@ -80,7 +80,9 @@ INRFLOW_HD A merge_weight(A m_i, A m) {
 template <typename A>
 INRFLOW_HD A merge_sum(const A* part_ml, int64_t stride, int64_t n, A m) {
   A l = A(0);
-  for (int64_t i = 0; i < n; ++i) l += part_ml[i * stride + 1] * merge_weight(part_ml[i * stride], m);
+  for (int64_t i = 0; i < n; ++i) {
+    l += part_ml[i * stride + 1] * merge_weight(part_ml[i * stride], m);
+  }
   return l;
 }
 
