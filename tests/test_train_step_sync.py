@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import Poisoned, tiny_config
+from helpers import Poisoned, tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from inrflow.ops import _checks
