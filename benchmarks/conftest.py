@@ -12,6 +12,9 @@ issue yardsticks are larger (attention, pairwise Chamfer, the 256^2 whole-step c
 those sizes (the ``large`` fixture; an hour or more on 2 cores). Under ``--benchmark-disable``
 (CI) each benchmark runs its function once as a plain test, at the small size chosen when
 ``smoke`` is true.
+
+Every CPU kernel benchmark also reports its achieved GB/s and GFLOP/s and its share of a roofline
+measured in the same session (``benchmarks/roofline.py``); the table is printed at the end.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import os
 from collections.abc import Callable
 
 import pytest
+import roofline
 import torch
 
 import inrflow.ops
@@ -101,3 +105,12 @@ def sync(device: torch.device | str) -> None:
 def synchronize() -> Callable[[torch.device | str], None]:
     """:func:`sync` as a fixture: call it at the end of a timed function."""
     return sync
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the roofline table of the benchmarks timed in this session."""
+    lines = roofline.table()
+    if lines:
+        terminalreporter.section("roofline (bound = max(bytes / copy rate, FLOPs / GEMM rate))")
+        for line in lines:
+            terminalreporter.write_line(line)
