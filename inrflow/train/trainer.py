@@ -434,8 +434,11 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Build, train, clean up. The exit path of ``train.py``."""
-    trainer = Trainer(cfg)
+    """Build, train, clean up (a co-training run, several datasets in ``--data``, with
+    :class:`~inrflow.train.cotrain.CoTrainer`)."""
+    from .cotrain import CoTrainer  # it builds on this module
+
+    trainer = CoTrainer(cfg) if cfg.cotraining else Trainer(cfg)
     try:
         return trainer.train()
     finally:
