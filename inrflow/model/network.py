@@ -40,7 +40,7 @@ class Encoded(NamedTuple):
 
 
 class INRFlow(nn.Module):
-    """Flow-matching transformer on coordinate-value pairs (docs/ARCHITECTURE.md)."""
+    """Flow-matching transformer on coordinate-value pairs (docs/DESIGN.md, section 4)."""
 
     def __init__(self, config: INRFlowConfig) -> None:
         super().__init__()
