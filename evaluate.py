@@ -1,4 +1,4 @@
-"""Evaluate generated samples against a reference set (thin entry -> inrflow.metrics.evaluate).
+"""Evaluate generated samples against a reference set (thin entry -> inrflow.cli.evaluate).
 
 python evaluate.py --samples samples.npz --ref digits
 python evaluate.py --checkpoint runs/digits/ckpt --ref digits --cfg-scale 2
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from inrflow.metrics.evaluate import main
+from inrflow.cli.evaluate import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,4 +1,4 @@
-"""Generate samples from an inrflow checkpoint. Thin entry point: see :mod:`inrflow.sample`.
+"""Generate samples from an inrflow checkpoint. Thin entry point: see :mod:`inrflow.cli.sample`.
 
     python sample.py --ckpt runs/digits --num 100 --out digits.png
     python sample.py --ckpt runs/digits --resolution 32 --out digits32.png
@@ -8,7 +8,7 @@
 
 import sys
 
-from inrflow.sample import main
+from inrflow.cli.sample import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from inrflow.metrics.digits import load_real_digits
+from inrflow.checkpoints import load_ema_model
+from inrflow.data.digits import load_real_digits
 from inrflow.model import grid_coords
 from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood
-from inrflow.train.checkpoint import load_ema_model
 
 
 def main() -> None:

@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from inrflow.checkpoints import load_ema_model, stored_dataset_info
+from inrflow.generation import generate
 from inrflow.metrics.digits import digits_metrics
-from inrflow.sample import dataset_info, generate
 from inrflow.sampling import DOPRI5_ATOL, DOPRI5_RTOL, SolverStats, integrate
-from inrflow.train.checkpoint import load_ema_model
 
 # (label, method, {steps | atol/rtol}, time_shift)
 SETTINGS: list[tuple[str, str, list[dict[str, Any]], float]] = [
@@ -83,14 +83,18 @@ class ShapesJudge(Judge):
     def __call__(self, out: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         from inrflow.data.demo import ShapesDataset
 
-        info = dataset_info(self.meta)
+        info = stored_dataset_info(self.meta)
         rotate = bool(self.meta.get("train_config", {}).get("rotate", False))
         m = ShapesDataset(int(info["shape"][0]), rotate=rotate).evaluate_samples(out, labels)
         return {"recognition": m["recognition"], "nna": m["1-NNA-CD_mean"], "scores": m}
 
 
 def judge_for(meta: dict[str, Any]) -> Judge:
-    return ShapesJudge(meta) if dataset_info(meta).get("domain") == "pointcloud" else Judge(meta)
+    return (
+        ShapesJudge(meta)
+        if stored_dataset_info(meta).get("domain") == "pointcloud"
+        else Judge(meta)
+    )
 
 
 def judge_of(res: dict[str, Any]) -> type[Judge]:
@@ -116,7 +120,7 @@ def run_one(model, judge: Judge, num: int, cfg: float, method: str, kw: dict, sh
     t0 = time.perf_counter()
     out = generate(
         model,
-        judge.meta,
+        stored_dataset_info(judge.meta),
         num,
         labels=labels,
         cfg_scale=cfg,
@@ -251,7 +255,7 @@ def grids(ckpt: str, cfg: float, png: Path, num: int = 30) -> None:
     for ax, (title, method, kw, shift) in zip(axes, GRID_SETTINGS, strict=True):
         x = generate(
             model,
-            meta,
+            meta["dataset"],
             num,
             labels=labels,
             cfg_scale=cfg,

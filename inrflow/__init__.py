@@ -6,8 +6,8 @@ ops fall back to pure-PyTorch references and one :class:`ExtensionWarning` says 
 
 from __future__ import annotations
 
-from inrflow import ops, profiling
+from inrflow import nvtx, ops
 from inrflow._extension import ExtensionWarning
 
-__all__ = ["ExtensionWarning", "ops", "profiling"]
+__all__ = ["ExtensionWarning", "nvtx", "ops"]
 __version__ = "0.1.0"

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from inrflow.checkpoints import MANIFEST, load_ema_model
 from inrflow.model.pretrained import save_pretrained
-from inrflow.train.checkpoint import MANIFEST, load_ema_model
 
 __all__ = ["main"]
 

@@ -35,7 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from inrflow.flow import TIME_EPS
-from inrflow.model.pseudo_coords import grid_coords
+from inrflow.model import grid_coords
 
 DOPRI5_ATOL = 1e-3
 DOPRI5_RTOL = 1e-3

@@ -546,7 +546,7 @@ def test_generators_are_deterministic_per_seed() -> None:
 
 
 def test_model_reexports_the_generators() -> None:
-    from inrflow.model import pseudo_coords as model_pc
+    from inrflow.model import latent_grouping as model_pc
     from inrflow.ops import pseudo_coords as pc
 
     for name in ("grid_coords", "random_centers", "kmeans_pp", "kmeans_pp_centers", "hash_assign"):

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 from test_train import REPO, script_env, tiny_argv, tiny_config, train
 
+from inrflow.cli import evaluate as ev
+from inrflow.cli.sample import main as sample_main
 from inrflow.data import ImageFolderDataset
-from inrflow.metrics import evaluate as ev
 from inrflow.metrics.images import load_images
-from inrflow.sample import main as sample_main
 from inrflow.train.cli import main as train_main
 
 
@@ -70,7 +70,7 @@ def test_sample_bad_inputs(run, tmp_path, capsys) -> None:
 
 
 def test_sample_refuses_to_write_nan_samples(run, tmp_path, monkeypatch) -> None:
-    import inrflow.sample as sample_module
+    import inrflow.cli.sample as sample_module
 
     monkeypatch.setattr(
         sample_module, "generate", lambda *a, **k: torch.full((2, 64, 1), float("nan"))

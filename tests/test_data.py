@@ -22,7 +22,8 @@ from inrflow.data import (
     save_image_grid,
     save_ply,
 )
-from inrflow.data.demo import SHAPE_CLASSES, _load_digits
+from inrflow.data.demo import SHAPE_CLASSES
+from inrflow.data.digits import load_real_digits
 from inrflow.model import grid_coords
 
 # ------------------------------------------------------------------------------------------------
@@ -286,7 +287,7 @@ def test_digits_dataset_and_its_classifier() -> None:
     item = ds[(5, 0)]
     assert item["values"].shape == (64, 1) and int(item["label"]) == 5
     assert item["values"].min() >= -1 and item["values"].max() <= 1
-    images, labels = _load_digits()
+    images, labels = load_real_digits()
     real = torch.from_numpy(images[:300] * 2.0 - 1.0).float().reshape(300, 64, 1)
     assert digits_classifier_accuracy(real, torch.from_numpy(labels[:300]), 8) > 0.97
     # upsampled digits score the same after the scorer's downsampling

@@ -31,17 +31,11 @@ from test_train import (
     train,
 )
 
+from inrflow.checkpoints import MANIFEST, CheckpointWarning, find_checkpoint, verify_checkpoint
 from inrflow.data import DigitsDataset
 from inrflow.train import Trainer, parse_args
 from inrflow.train import checkpoint as ckpt_module
-from inrflow.train.checkpoint import (
-    MANIFEST,
-    CheckpointSaveError,
-    CheckpointWarning,
-    NoValidCheckpointError,
-    find_checkpoint,
-    verify_checkpoint,
-)
+from inrflow.train.checkpoint import CheckpointSaveError, NoValidCheckpointError
 from inrflow.train.cli import main as train_main
 from inrflow.train.logging import MetricLogger
 from inrflow.train.run_folder import LOCK_FILE, RunFolderError

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from inrflow.cli.sample import main as sample_main
 from inrflow.data import FlowCollate, PointCloudDataset, build_dataset
+from inrflow.generation import load_condition
 from inrflow.model import build_model
 from inrflow.model.blocks import AdaLN
-from inrflow.sample import load_condition
-from inrflow.sample import main as sample_main
 from inrflow.sampling import sample
 from inrflow.train.config import TrainConfig
 from inrflow.train.trainer import Trainer

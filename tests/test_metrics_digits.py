@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("sklearn")
 
+from inrflow.data.digits import load_real_digits
 from inrflow.metrics import DigitsClassifier, digits_classifier, digits_metrics
-from inrflow.metrics.digits import load_real_digits
 
 
 @pytest.fixture(autouse=True)

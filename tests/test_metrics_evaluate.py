@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from inrflow.metrics import evaluate as ev
+from inrflow.checkpoints import load_checkpoint_model
+from inrflow.cli import evaluate as ev
 
 pytest.importorskip("sklearn")
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +50,7 @@ def test_help_runs_as_a_script() -> None:
 
 
 def test_digits_samples_from_an_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from inrflow.metrics.digits import load_real_digits
+    from inrflow.data.digits import load_real_digits
 
     images, labels = load_real_digits()
     samples = (images[:200] * 2 - 1).astype(np.float32)  # inrflow's [-1, 1]
@@ -207,7 +208,7 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     }
     (step / "inrflow_checkpoint.json").write_text(json.dumps(manifest))
 
-    loaded, meta = ev.load_checkpoint_model(tmp_path / "run")
+    loaded, meta = load_checkpoint_model(tmp_path / "run")
     assert meta["weights"] == "ema" and meta["dataset"] == "digits" and meta["shape"] == [8, 8]
     for n, p in loaded.named_parameters():
         assert torch.equal(p, ema[n]), n

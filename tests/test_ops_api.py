@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import inrflow
-from inrflow import _extension, ops, profiling
+from inrflow import _extension, nvtx, ops
 from inrflow.ops import _backend
 from inrflow.ops import reference as ref
 
@@ -304,7 +304,7 @@ def test_import_with_extension_does_not_warn() -> None:
 def test_ops_are_nvtx_wrapped_exactly_when_nvtx_is_enabled() -> None:
     # decorators were applied when inrflow was imported in this process
     if not os.environ.get("INRFLOW_NVTX"):
-        assert hasattr(ops.nearest_assign, "__wrapped__") == profiling.nvtx_enabled()
+        assert hasattr(ops.nearest_assign, "__wrapped__") == nvtx.nvtx_enabled()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -340,7 +340,7 @@ def test_task_protein_alone_is_the_bundled_demo() -> None:
 
 
 def test_train_and_sample_protein_end_to_end(files, tmp_path, capsys) -> None:
-    from inrflow.sample import main as sample_main
+    from inrflow.cli.sample import main as sample_main
     from inrflow.train.cli import main as train_main
 
     data = tmp_path / "pdbs"

@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 from test_train import TINY_MODEL, tiny_config, train
 
-from inrflow.sample import generate, load_ema_model, main
-from inrflow.train import list_checkpoints
+from inrflow.checkpoints import list_checkpoints, load_ema_model
+from inrflow.cli.sample import main
+from inrflow.generation import generate
 
 
 @pytest.fixture(scope="module")
@@ -96,15 +97,29 @@ def test_generate_is_seeded_and_guided(digits_run) -> None:
     assert ckpt == list_checkpoints(digits_run / "checkpoints")[0][1]
     assert not model.training and model.config.num_classes == 10
     labels = torch.tensor([1, 2, 3])
-    a = generate(model, meta, 3, labels=labels, cfg_scale=3.0, steps=3, seed=4, progress=False)
-    b = generate(model, meta, 3, labels=labels, cfg_scale=3.0, steps=3, seed=4, progress=False)
-    c = generate(model, meta, 3, labels=labels, cfg_scale=1.0, steps=3, seed=4, progress=False)
+    a = generate(
+        model, meta["dataset"], 3, labels=labels, cfg_scale=3.0, steps=3, seed=4, progress=False
+    )
+    b = generate(
+        model, meta["dataset"], 3, labels=labels, cfg_scale=3.0, steps=3, seed=4, progress=False
+    )
+    c = generate(
+        model, meta["dataset"], 3, labels=labels, cfg_scale=1.0, steps=3, seed=4, progress=False
+    )
     assert a.shape == (3, 64, 1)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert not torch.equal(a, c)
     # batching does not change the samples drawn for a seed... per batch composition
     d = generate(
-        model, meta, 3, labels=labels, cfg_scale=3.0, steps=3, seed=4, batch_size=3, progress=False
+        model,
+        meta["dataset"],
+        3,
+        labels=labels,
+        cfg_scale=3.0,
+        steps=3,
+        seed=4,
+        batch_size=3,
+        progress=False,
     )
     torch.testing.assert_close(a, d, rtol=0, atol=0)
     # the EMA weights are the ones in the checkpoint, not the raw weights
@@ -113,21 +128,24 @@ def test_generate_is_seeded_and_guided(digits_run) -> None:
 
 
 def test_generate_any_image_shape_and_the_evaluation_sampler_is_the_same_path(digits_run) -> None:
-    from inrflow.metrics.evaluate import load_checkpoint_model, sample_from_model
+    from inrflow.checkpoints import load_checkpoint_model
+    from inrflow.generation import sample_from_model
 
     model, meta, _ = load_ema_model(digits_run)
     kw = dict(steps=2, seed=1, progress=False)
     for hw in ((8, 16), (8, 12), (16, 16), (6, 6), (12,)):  # nested per axis, separate, ...
-        out = generate(model, meta, 2, labels=torch.tensor([0, 1]), resolution=hw, **kw)
+        out = generate(model, meta["dataset"], 2, labels=torch.tensor([0, 1]), resolution=hw, **kw)
         assert out.shape == (2, hw[0] * hw[-1], 1) and torch.isfinite(out).all()
     with pytest.raises(ValueError, match="resolution"):
-        generate(model, {"dataset": {"domain": "image"}}, 1, **kw)
+        generate(model, {"domain": "image"}, 1, **kw)
     # evaluate.py samples through generate: same seed, same samples, as [N, C, H, W]
     emodel, emeta = load_checkpoint_model(digits_run)
     imgs, labels = sample_from_model(
         emodel, emeta, 3, steps=2, seed=1, resolution=(8, 16), progress=False
     )
-    want = generate(model, meta, 3, labels=labels, resolution=(8, 16), cfg_scale=1.0, **kw)
+    want = generate(
+        model, meta["dataset"], 3, labels=labels, resolution=(8, 16), cfg_scale=1.0, **kw
+    )
     assert imgs.shape == (3, 1, 8, 16) and labels.tolist() == [0, 1, 2]
     torch.testing.assert_close(imgs, want.reshape(3, 8, 16, 1).permute(0, 3, 1, 2))
 
@@ -197,13 +215,13 @@ def test_generate_resolution_shift_is_the_shifted_grid(digits_run) -> None:
 
     model, meta, _ = load_ema_model(digits_run)
     kw = dict(steps=3, resolution=16, progress=False, labels=torch.tensor([1, 2, 3]))
-    auto = generate(model, meta, 3, time_shift=1.5, shift_by_pairs=True, **kw)
-    fixed = generate(model, meta, 3, time_shift=3.0, **kw)
-    plain = generate(model, meta, 3, **kw)
+    auto = generate(model, meta["dataset"], 3, time_shift=1.5, shift_by_pairs=True, **kw)
+    fixed = generate(model, meta["dataset"], 3, time_shift=3.0, **kw)
+    plain = generate(model, meta["dataset"], 3, **kw)
     torch.testing.assert_close(auto, fixed)
     assert not torch.allclose(auto, plain)
     stats = SolverStats()
-    generate(model, meta, 3, method="dopri5", batch_size=2, stats=stats, **kw)
+    generate(model, meta["dataset"], 3, method="dopri5", batch_size=2, stats=stats, **kw)
     assert stats.calls == 2 and stats.nfe >= 2 * 8
 
 
@@ -232,7 +250,8 @@ def test_export_round_trip(digits_run, tmp_path, capsys) -> None:
     assert config["step"] == meta["step"] and config["dataset"] == meta["dataset"]
     kw = dict(steps=2, progress=False, labels=torch.tensor([4, 5]))
     torch.testing.assert_close(
-        generate(model, config, 2, cfg_scale=2.0, **kw), generate(ema, meta, 2, cfg_scale=2.0, **kw)
+        generate(model, config["dataset"], 2, cfg_scale=2.0, **kw),
+        generate(ema, meta["dataset"], 2, cfg_scale=2.0, **kw),
     )
     # sample.py takes the exported folder like a run folder (same seed -> same samples)
     npz = [tmp_path / "a.npz", tmp_path / "b.npz"]
@@ -265,25 +284,29 @@ def test_any_resolution_joins_the_training_context_or_starts_from_noise(digits_r
 
     model, meta, _ = load_ema_model(digits_run)
     kw = dict(labels=torch.arange(10), steps=4, seed=2, progress=False)
-    low = generate(model, meta, 10, **kw).reshape(10, 1, 8, 8)
-    join = generate(model, meta, 10, resolution=32, **kw).reshape(10, 1, 32, 32)
-    noise = generate(model, meta, 10, resolution=32, resolution_mode="noise", **kw)
+    low = generate(model, meta["dataset"], 10, **kw).reshape(10, 1, 8, 8)
+    join = generate(model, meta["dataset"], 10, resolution=32, **kw).reshape(10, 1, 32, 32)
+    noise = generate(model, meta["dataset"], 10, resolution=32, resolution_mode="noise", **kw)
     noise = noise.reshape(10, 1, 32, 32)
     speckle = [upsampling_residual(x, 8, (-1, 1)) for x in (join, noise)]
     assert speckle[0] < 0.5 * speckle[1], speckle
     # the joined grid is the 8x8 sample (same seed: same context noise) brought to 32x32
     coarse = torch.nn.functional.adaptive_avg_pool2d(join, 8)
     assert (coarse - low).abs().mean() < 0.5 * (low - low.mean()).abs().mean()
-    early = generate(model, meta, 10, resolution=32, join_time=0.0, **kw).reshape(10, 1, 32, 32)
+    early = generate(model, meta["dataset"], 10, resolution=32, join_time=0.0, **kw).reshape(
+        10, 1, 32, 32
+    )
     assert not torch.equal(early, join) and torch.isfinite(early).all()
     with pytest.raises(ValueError, match="resolution_mode"):
-        generate(model, meta, 1, resolution=16, resolution_mode="bilinear", progress=False)
+        generate(
+            model, meta["dataset"], 1, resolution=16, resolution_mode="bilinear", progress=False
+        )
 
 
 def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path, capsys) -> None:
     import json
 
-    from inrflow.metrics.evaluate import main as evaluate_main
+    from inrflow.cli.evaluate import main as evaluate_main
 
     out = tmp_path / "tab5.json"
     argv = ["--checkpoint", str(digits_run), "--compare-upsampling", "--resolution", "16"]

@@ -13,9 +13,9 @@ import pytest
 import torch
 from test_train import train
 
+from inrflow.checkpoints import load_ema_model
 from inrflow.data.demo import DigitsDataset
 from inrflow.model import grid_coords
-from inrflow.sample import load_ema_model
 from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood, sample
 from inrflow.train.config import PRESETS, TrainConfig
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
+from inrflow.checkpoints import MANIFEST, CheckpointWarning, list_checkpoints
 from inrflow.data import DigitsDataset
 from inrflow.data.base import CoordinateDataset
-from inrflow.train import NonFiniteLossError, TrainConfig, Trainer, list_checkpoints, parse_args
-from inrflow.train.checkpoint import MANIFEST, CheckpointWarning
+from inrflow.train import NonFiniteLossError, TrainConfig, Trainer, parse_args
 from inrflow.train.logging import read_metrics
 from inrflow.train.trainer import NonFiniteWarning
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_train import REPO, copy_run, losses, script_env, tiny_argv, tiny_config, train
 
-from inrflow.sample import load_ema_model
+from inrflow.checkpoints import load_ema_model
 
 pytestmark = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from inrflow.model.pseudo_coords import grid_coords
+from inrflow.model import grid_coords
 
 from .base import CoordinateDataset
+from .digits import load_real_digits
 from .pointclouds import normalize_points
 
 __all__ = [
@@ -32,13 +33,6 @@ __all__ = [
 ]
 
 BUNDLED = ("digits", "shapes", "proteins")  # proteins: see inrflow.data.proteins
-
-
-def _load_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The real digits: float images ``[1797, 8, 8]`` in [0, 1] and int64 labels."""
-    from inrflow.metrics.digits import load_real_digits
-
-    return load_real_digits()
 
 
 class DigitsDataset(CoordinateDataset):
@@ -56,7 +50,7 @@ class DigitsDataset(CoordinateDataset):
     def __init__(self, resolution: int = 8) -> None:
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
-        images, labels = _load_digits()
+        images, labels = load_real_digits()
         x = torch.from_numpy(images * 2.0 - 1.0).float().unsqueeze(1)  # [S, 1, 8, 8] in [-1, 1]
         if resolution != 8:
             x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", antialias=True)

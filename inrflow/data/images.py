@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from inrflow.model.pseudo_coords import grid_coords
+from inrflow.model import grid_coords
 
 from .base import CoordinateDataset
 

@@ -1,9 +1,9 @@
 """The ``digits`` demo's judge: a small classifier trained deterministically on the real digits.
 
-scikit-learn's bundled ``load_digits`` (1,797 handwritten 8 x 8 digits, 16 grey levels) trains a
-one-hidden-layer MLP (64 ReLU units, L-BFGS, fixed seed, single-threaded BLAS so the result does
-not depend on the machine's thread count) in well under a second. It gives two numbers for
-generated digits:
+The real digits (scikit-learn's ``load_digits``: :func:`inrflow.data.digits.load_real_digits`)
+train a one-hidden-layer MLP (64 ReLU units, L-BFGS, fixed seed, single-threaded BLAS so the
+result does not depend on the machine's thread count) in well under a second. It gives two
+numbers for generated digits:
 
 - ``digits-accuracy``: the fraction of class-conditional samples that the classifier labels as
   the class they were asked for;
@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inrflow.data.digits import load_real_digits
 from inrflow.metrics._utils import ArrayLike, as_numpy64
 from inrflow.metrics.frechet import feature_statistics, frechet_distance, kid
 from inrflow.metrics.images import to_unit_float
@@ -46,24 +47,11 @@ __all__ = [
     "DigitsClassifier",
     "digits_classifier",
     "digits_metrics",
-    "load_real_digits",
     "upsample_digits",
     "within_class_diversity",
 ]
 
 DIGITS_SIZE = 8
-
-
-def load_real_digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as float64 ``[1797, 8, 8]`` images in [0, 1] and int64 labels."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - scikit-learn is in the [eval] extra
-        raise ImportError(
-            "the digits metrics need scikit-learn: pip install 'inrflow[eval]'"
-        ) from exc
-    data = load_digits()
-    return data.images.astype(np.float64) / 16.0, data.target.astype(np.int64)
 
 
 def upsample_digits(images: ArrayLike, size: int, mode: str = "bicubic") -> torch.Tensor:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from .config import PAPER_PARAMS_M, INRFlowConfig, get_config, preset_names
+from .latent_grouping import LatentGrouping, grid_coords, hash_assign, kmeans_pp
 from .network import Encoded, INRFlow, count_parameters
 from .pretrained import load_pretrained, save_pretrained
-from .pseudo_coords import LatentGrouping, grid_coords, hash_assign, kmeans_pp
 
 __all__ = [
     "PAPER_PARAMS_M",

@@ -32,7 +32,7 @@ from .attention import CrossAttention
 from .blocks import AdaLN, _norm
 from .config import INRFlowConfig
 from .embeddings import FourierFeatures, Mlp, ValueEmbedder, modulate
-from .pseudo_coords import LatentGrouping
+from .latent_grouping import LatentGrouping
 
 
 def _permute(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:

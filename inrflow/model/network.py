@@ -26,7 +26,7 @@ from .embeddings import (
     ValueEmbedder,
 )
 from .encoder import build_encoder
-from .pseudo_coords import LatentGrouping
+from .latent_grouping import LatentGrouping
 
 
 class Encoded(NamedTuple):

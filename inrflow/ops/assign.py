@@ -18,9 +18,9 @@ from collections.abc import Sequence
 import torch
 
 from inrflow import _extension
+from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import get_backend, use_extension
-from inrflow.profiling import nvtx_range
 
 __all__ = ["grid_assign", "grid_centers", "group_layout", "nearest_assign"]
 

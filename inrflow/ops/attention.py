@@ -18,9 +18,9 @@ import math
 import torch
 
 from inrflow import _extension
+from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
-from inrflow.profiling import nvtx_range
 
 __all__ = ["grouped_cross_attention"]
 

@@ -1,20 +1,12 @@
-"""FSDP2 training: config and CLI, parallelisation, optimizer and EMA, checkpoints, logging, loop.
+"""FSDP2 training: config and CLI, parallelisation, optimizer and EMA, checkpoint writing, logging,
+the loop (reading checkpoints back is :mod:`inrflow.checkpoints`).
 
 ``train.py`` (the repository's entry point) calls :func:`inrflow.train.cli.main`.
 """
 
 from __future__ import annotations
 
-from .checkpoint import (
-    CheckpointManager,
-    CheckpointSaveError,
-    NoValidCheckpointError,
-    find_checkpoint,
-    list_checkpoints,
-    load_ema_model,
-    load_for_sampling,
-    verify_checkpoint,
-)
+from .checkpoint import CheckpointManager, CheckpointSaveError, NoValidCheckpointError
 from .config import PRESETS, TrainConfig, parse_args
 from .run_folder import RunFolderError
 from .trainer import NonFiniteLossError, Trainer, run
@@ -28,11 +20,6 @@ __all__ = [
     "RunFolderError",
     "TrainConfig",
     "Trainer",
-    "find_checkpoint",
-    "list_checkpoints",
-    "load_ema_model",
-    "load_for_sampling",
     "parse_args",
     "run",
-    "verify_checkpoint",
 ]

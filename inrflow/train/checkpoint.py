@@ -1,4 +1,7 @@
-"""Distributed checkpoints: written atomically, verified before use, the newest K kept.
+"""Writing distributed checkpoints: atomically, verified before use, the newest K kept.
+
+This is the trainer's side (saving, pruning, resuming); finding, verifying and loading a
+checkpoint for sampling or evaluation is :mod:`inrflow.checkpoints`, which this module uses.
 
 Layout of ``<out>/checkpoints/``::
 
@@ -26,11 +29,9 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,29 +40,20 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
+from inrflow.checkpoints import (
+    FORMAT,
+    MANIFEST,
+    CheckpointWarning,
+    crc32,
+    list_checkpoints,
+    read_manifest,
+    unfinished_checkpoints,
+    verify_checkpoint,
+)
+
 from .distributed import Dist
 
-__all__ = [
-    "MANIFEST",
-    "CheckpointManager",
-    "CheckpointSaveError",
-    "CheckpointWarning",
-    "NoValidCheckpointError",
-    "find_checkpoint",
-    "list_checkpoints",
-    "load_ema_model",
-    "load_for_sampling",
-    "read_manifest",
-    "verify_checkpoint",
-]
-
-MANIFEST = "inrflow_checkpoint.json"
-FORMAT = 1
-_STEP_DIR = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointWarning(UserWarning):
-    """A checkpoint was unusable and an older one is used instead."""
+__all__ = ["CheckpointManager", "CheckpointSaveError", "NoValidCheckpointError"]
 
 
 class CheckpointSaveError(RuntimeError):
@@ -118,14 +110,6 @@ def _save_error(exc: BaseException, step: int, tmp: Path) -> CheckpointSaveError
     )
 
 
-def _crc32(path: Path, chunk: int = 1 << 24) -> int:
-    crc = 0
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            crc = zlib.crc32(block, crc)
-    return crc
-
-
 def _fsync_dir(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -137,147 +121,6 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def list_checkpoints(folder: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the folders that look finished (manifest present), newest first."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    found = []
-    for p in folder.iterdir():
-        m = _STEP_DIR.match(p.name)
-        if m and p.is_dir() and (p / MANIFEST).is_file():
-            found.append((int(m.group(1)), p))
-    return sorted(found, reverse=True)
-
-
-def unfinished_checkpoints(folder: str | os.PathLike) -> list[Path]:
-    """``step_N`` folders without a manifest: never loaded, worth a warning."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    return sorted(
-        p
-        for p in folder.iterdir()
-        if _STEP_DIR.match(p.name) and p.is_dir() and not (p / MANIFEST).is_file()
-    )
-
-
-def read_manifest(path: str | os.PathLike) -> dict[str, Any]:
-    """The manifest of checkpoint folder ``path`` (raises if missing or unreadable)."""
-    with open(Path(path) / MANIFEST) as f:
-        meta = json.load(f)
-    if meta.get("format") != FORMAT or "files" not in meta or "step" not in meta:
-        raise ValueError(
-            f"{path}: not an inrflow checkpoint manifest (format {meta.get('format')})"
-        )
-    return meta
-
-
-def verify_checkpoint(
-    path: str | os.PathLike, checksums: bool = True, share: tuple[int, int] = (0, 1)
-) -> str | None:
-    """Why checkpoint ``path`` is unusable, or None when it is fine.
-
-    Checks the manifest and every listed file's size; with ``checksums``, also the CRC32 of the
-    files in this caller's ``share = (index, count)`` of them (ranks split the reading).
-    """
-    path = Path(path)
-    try:
-        meta = read_manifest(path)
-    except (OSError, ValueError) as exc:
-        return f"unreadable manifest ({type(exc).__name__}: {exc})"
-    names = sorted(meta["files"])
-    if ".metadata" not in names:
-        return "the manifest lists no DCP .metadata file"
-    for name in names:
-        f = path / name
-        if not f.is_file():
-            return f"missing file {name}"
-        size = f.stat().st_size
-        if size != meta["files"][name]["size"]:
-            return f"{name} has {size} bytes, expected {meta['files'][name]['size']} (truncated?)"
-    if checksums:
-        index, count = share
-        for name in names[index::count]:
-            if _crc32(path / name) != meta["files"][name]["crc32"]:
-                return f"{name} fails its CRC32 check (corrupted)"
-    return None
-
-
-def find_checkpoint(path: str | os.PathLike, checksums: bool = True) -> Path:
-    """A checkpoint folder, or the newest valid one under a run folder or its ``checkpoints/``.
-
-    Raises FileNotFoundError with the reason when there is none.
-    """
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint path {str(path)!r} does not exist")
-    if (path / MANIFEST).exists():
-        err = verify_checkpoint(path, checksums)
-        if err:
-            raise FileNotFoundError(f"checkpoint {path} is unusable: {err}")
-        return path
-    for folder in (path / "checkpoints", path):
-        for unfinished in unfinished_checkpoints(folder):
-            warnings.warn(
-                f"{unfinished} has no {MANIFEST} (an unfinished save): ignored",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-        for _step, ckpt in list_checkpoints(folder):
-            err = verify_checkpoint(ckpt, checksums)
-            if err is None:
-                return ckpt
-            warnings.warn(
-                f"checkpoint {ckpt} is unusable ({err}); trying an older one",
-                CheckpointWarning,
-                stacklevel=2,
-            )
-    raise FileNotFoundError(f"no valid checkpoint in {str(path)!r}")
-
-
-def load_ema_model(
-    path: str | os.PathLike, device: str | torch.device = "cpu", checksums: bool = True
-) -> tuple[Any, dict[str, Any], Path]:
-    """``(model, manifest, checkpoint folder)``: the EMA weights of checkpoint ``path`` (a
-    checkpoint folder, or a run folder: its newest valid checkpoint) in a plain, unsharded
-    :class:`~inrflow.model.INRFlow` in eval mode on ``device``.
-
-    Works in one process whatever number of processes saved the checkpoint (DCP reshards).
-    """
-    from inrflow.model import INRFlow
-    from inrflow.model.config import INRFlowConfig
-
-    ckpt = find_checkpoint(path, checksums)
-    meta = read_manifest(ckpt)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()}
-    model = INRFlow(INRFlowConfig(**fields))
-    state = {"ema": {n: p.detach() for n, p in model.named_parameters()}}
-    no_dist = not (dist.is_available() and dist.is_initialized())
-    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes
-        warnings.filterwarnings("ignore", message=".*load in a single process")
-        dcp.load(state, checkpoint_id=str(ckpt), no_dist=no_dist)
-    return model.to(device).eval(), meta, ckpt
-
-
-def load_for_sampling(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[Any, dict[str, Any]]:
-    """``(model, meta)`` for evaluation tools: :func:`load_ema_model` with a flat ``meta``
-    (``domain``, ``shape``, ``num_classes``, ``value_dim``, ``class_names``, ``dataset`` = the
-    ``--data`` of the run, ``step``, ``checkpoint``, ``weights`` = ``"ema"``)."""
-    model, manifest, ckpt = load_ema_model(path, device)
-    meta = dict(manifest.get("dataset", {}))
-    meta.update(
-        dataset=manifest.get("train_config", {}).get("data"),
-        step=manifest["step"],
-        checkpoint=str(ckpt),
-        weights="ema",
-        train_config=manifest.get("train_config", {}),
-    )
-    return model, meta
 
 
 class CheckpointManager:
@@ -338,7 +181,7 @@ class CheckpointManager:
         """Size and CRC32 of every file in ``tmp`` (each rank reads a share); rank 0 gets all."""
         names = sorted(p.name for p in tmp.iterdir() if p.is_file())
         mine = {
-            n: {"size": (tmp / n).stat().st_size, "crc32": _crc32(tmp / n)}
+            n: {"size": (tmp / n).stat().st_size, "crc32": crc32(tmp / n)}
             for n in names[self.dist.rank :: self.dist.world]
         }
         shares: list[Any] = [mine]

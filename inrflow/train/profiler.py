@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from inrflow.profiling import nvtx_range
+from inrflow.nvtx import nvtx_range
 
 __all__ = ["ProfileWindow"]
 

@@ -113,7 +113,7 @@ def check_is_folder(path: Path) -> None:
 def describe_run(folder: str | os.PathLike) -> str | None:
     """What of a previous run ``folder`` holds (e.g. "checkpoints up to step 1200,
     metrics.csv"), or None when it holds none of a run's files."""
-    from .checkpoint import list_checkpoints
+    from inrflow.checkpoints import list_checkpoints
 
     folder = Path(folder)
     if not folder.is_dir():

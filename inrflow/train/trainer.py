@@ -32,8 +32,8 @@ from inrflow.data.io import save_image_grid
 from inrflow.flow import cicfm_loss
 from inrflow.model import INRFlow, count_parameters, get_config
 from inrflow.model.config import INRFlowConfig
-from inrflow.model.pseudo_coords import grid_coords
-from inrflow.profiling import nvtx_range
+from inrflow.model.latent_grouping import grid_coords
+from inrflow.nvtx import nvtx_range
 from inrflow.sampling import sample
 
 from .checkpoint import CheckpointManager
@@ -259,7 +259,7 @@ class Trainer:
         """On resume: refuse data the checkpoint cannot continue on, and take the stored
         architecture (and the ``--size`` / ``--model`` that made it) over the command line's, so
         that ``config.json`` and the next checkpoints describe the model really trained."""
-        from .checkpoint import read_manifest
+        from inrflow.checkpoints import read_manifest
 
         for _step, path in found:
             try:

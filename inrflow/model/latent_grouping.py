@@ -1,4 +1,4 @@
-"""Pseudo-coordinates of the spatial-aware latents and the assignment of points to latents.
+"""The latents' pseudo-coordinates and the grouping of points to latents (:class:`LatentGrouping`).
 
 The generators (``grid``, ``random``, ``kmeans++``, ``hash``) live in
 :mod:`inrflow.ops.pseudo_coords` and are re-exported here. ``residue`` (proteins): channel 0 of a

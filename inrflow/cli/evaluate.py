@@ -1,4 +1,5 @@
-"""``evaluate.py``: metrics of generated samples (a folder/file of samples, or a checkpoint that is
+"""``evaluate.py`` (the application; the metrics themselves are :mod:`inrflow.metrics`): metrics
+of generated samples (a folder/file of samples, or a checkpoint that is
 sampled first) against a reference set; prints a table and writes a JSON report.
 
 Kinds: ``image`` (FID or rFID, KID, precision/recall, IS), ``pointcloud`` (MMD/COV/1-NNA with CD
@@ -9,10 +10,8 @@ the digits classifier; the reference is the bundled real digits).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
-import os
 import platform
 import sys
 import time
@@ -23,189 +22,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from inrflow.checkpoints import load_checkpoint_model
+from inrflow.cli.options import add_solver_arguments, check_solver_arguments, solver_options
+from inrflow.generation import image_shape, sample_from_model
 from inrflow.metrics.images import load_images
 from inrflow.metrics.inception import WEIGHTS_ENV
 from inrflow.metrics.io import load_labels, load_point_clouds
 
-__all__ = [
-    "build_parser",
-    "compare_upsampling",
-    "evaluate",
-    "load_checkpoint_model",
-    "main",
-    "sample_from_model",
-]
+__all__ = ["build_parser", "compare_upsampling", "evaluate", "main"]
 
 KINDS = ("auto", "image", "pointcloud", "digits")
-_CONFIG_KEYS = ("model_config", "config", "model_cfg")
-
-
-# ------------------------------------------------------------------------------------------------
-# Checkpoints
-
-
-def _is_state(d: object) -> bool:
-    return isinstance(d, dict) and bool(d) and all(isinstance(v, torch.Tensor) for v in d.values())
-
-
-def _find_states(obj: dict[str, Any]) -> tuple[dict | None, dict | None]:
-    """``(model state, EMA state)`` of a checkpoint dict (either may be None, not both)."""
-    ema = next(
-        (obj[k] for k in ("ema", "model_ema", "ema_state_dict") if _is_state(obj.get(k))), None
-    )
-    model = next(
-        (obj[k] for k in ("model", "model_state_dict", "state_dict") if _is_state(obj.get(k))), None
-    )
-    if model is None and ema is None and _is_state(obj):
-        model = obj
-    if model is None and ema is None:
-        raise ValueError(
-            "no model weights found in the checkpoint (looked for keys ema, "
-            "model_ema, model, model_state_dict, state_dict)"
-        )
-    return model, ema
-
-
-def _find_config(obj: dict[str, Any], path: Path) -> dict[str, Any]:
-    for key in _CONFIG_KEYS:
-        val = obj.get(key)
-        if isinstance(val, dict):
-            return val.get("model", val) if isinstance(val.get("model"), dict) else val
-    raise ValueError(f"{path}: no model config found (keys {list(_CONFIG_KEYS)} in the checkpoint)")
-
-
-def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Parameter names without wrapper prefixes (DDP, torch.compile, activation checkpointing)."""
-    out = {}
-    for k, v in state.items():
-        k = k.replace("_checkpoint_wrapped_module.", "").replace("_orig_mod.", "")
-        k = k[len("module.") :] if k.startswith("module.") else k
-        out[k] = v
-    return out
-
-
-def load_checkpoint_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """An INRFlow model (EMA weights preferred) and its metadata from a checkpoint.
-
-    A folder is one of the trainer's checkpoints (a run folder, its ``checkpoints/`` or one
-    ``step_*`` folder) and is loaded by the trainer's own, checksum-verified
-    :func:`inrflow.train.checkpoint.load_for_sampling`, or an exported folder
-    (``python -m inrflow.export``, :func:`inrflow.model.load_pretrained`). A file is a plain
-    torch checkpoint ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
-    "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
-    """
-    from inrflow.model.config import INRFlowConfig
-    from inrflow.model.network import INRFlow
-    from inrflow.model.pretrained import is_pretrained, load_pretrained, read_pretrained_config
-    from inrflow.train.checkpoint import load_for_sampling
-
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.is_dir() and is_pretrained(p):
-        config = read_pretrained_config(p)
-        meta = dict(config.get("dataset", {}))
-        meta.update(
-            dataset=config.get("train_config", {}).get("data"),
-            step=config.get("step"),
-            checkpoint=str(p),
-            weights=config.get("weights", "ema"),
-            train_config=config.get("train_config", {}),
-        )
-        return load_pretrained(p, device), meta
-    if p.is_dir():
-        model, meta = load_for_sampling(p, device=device)
-        return model, dict(meta)
-    obj = torch.load(p, map_location="cpu", weights_only=True)
-    if not isinstance(obj, dict):
-        raise ValueError(f"{p}: expected a dict checkpoint, got {type(obj).__name__}")
-    fields = {f.name for f in dataclasses.fields(INRFlowConfig)}
-    raw = _find_config(obj, p)
-    cfg_kw = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields}
-    config = INRFlowConfig(**cfg_kw)
-    model = INRFlow(config)
-    model_state, ema_state = _find_states(obj)
-    merged = {**_strip(model_state or {}), **_strip(ema_state or {})}  # EMA weights win
-    missing, unexpected = model.load_state_dict(merged, strict=False)
-    params = {n for n, _ in model.named_parameters()}
-    missing_params = [k for k in missing if k in params]
-    if missing_params or unexpected:
-        raise ValueError(
-            f"{p}: weights do not fit the config: missing {missing_params[:5]}, "
-            f"unexpected {unexpected[:5]}"
-        )
-    meta: dict[str, Any] = {
-        "weights": "ema" if ema_state is not None else "model",
-        "checkpoint": str(p),
-    }
-    for key in ("meta", "data", "dataset"):
-        if isinstance(obj.get(key), dict):
-            meta.update(obj[key])
-    if isinstance(obj.get("train_config"), dict) and "data" in obj["train_config"]:
-        meta.setdefault("dataset", obj["train_config"]["data"])
-    meta.setdefault("domain", "pointcloud" if config.coords_are_values else "image")
-    meta.setdefault("num_classes", config.num_classes)
-    return model.to(device).eval(), meta
-
-
-def sample_from_model(
-    model: torch.nn.Module,
-    meta: dict[str, Any],
-    num_samples: int,
-    *,
-    steps: int = 100,
-    method: str = "euler",
-    cfg_scale: float = 1.0,
-    batch_size: int = 64,
-    seed: int = 0,
-    resolution: Sequence[int] | None = None,
-    points: int | None = None,
-    progress: bool = True,
-    resolution_mode: str = "join",
-    join_time: float | None = None,
-    **solver: Any,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``num_samples`` samples drawn by :func:`inrflow.sample.generate` (the sampling CLI's
-    path: any resolution from the training-resolution context, chunked decoding).
-
-    Images come back as ``[N, C, H, W]`` in inrflow's value range [-1, 1] (pixel centres of an
-    ``H x W`` grid in the model's coordinate domain, row-major, channel 0 = row), point clouds
-    as ``[N, P, 3]``. Class-conditional models get balanced labels ``i % num_classes``
-    (returned, else None). ``solver``: further options of :func:`~inrflow.sample.generate`
-    (``time_shift``, ``shift_by_pairs``, ``atol``, ``rtol``, ``stats``).
-    """
-    from inrflow.sample import generate, image_shape
-
-    cfg = model.config
-    num_classes = int(meta.get("num_classes", cfg.num_classes) or 0)
-    labels = torch.arange(num_samples) % num_classes if num_classes > 0 else None
-    hw = None if cfg.coords_are_values else image_shape(meta, resolution)
-    x = generate(
-        model,
-        meta,
-        num_samples,
-        labels=labels,
-        cfg_scale=cfg_scale,
-        steps=steps,
-        method=method,
-        resolution=hw,
-        num_points=points,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        resolution_mode=resolution_mode,
-        join_time=join_time,
-        **solver,
-    )
-    if hw is not None:
-        x = x.reshape(num_samples, *hw, cfg.value_dim).permute(0, 3, 1, 2)
-    return x, labels
-
-
-# ------------------------------------------------------------------------------------------------
-# Evaluation
 
 
 def _detect_kind(x: torch.Tensor) -> str:
@@ -259,7 +85,7 @@ def reference_bits_per_dim(
     ``args.bpd`` items of the reference set: the real digits (with their labels) for
     ``--ref digits``, else images (mapped to [-1, 1]) or point clouds of ``--ref``."""
     from inrflow.metrics.images import to_unit_float
-    from inrflow.model.pseudo_coords import grid_coords
+    from inrflow.model import grid_coords
     from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood
 
     cfg = model.config
@@ -270,7 +96,7 @@ def reference_bits_per_dim(
         values, coords = load_point_clouds(args.ref)[: args.bpd].float(), None
     else:
         if args.ref in (None, "digits"):
-            from inrflow.metrics.digits import load_real_digits
+            from inrflow.data.digits import load_real_digits
 
             images, digit_labels = load_real_digits()
             x = torch.from_numpy(images[: args.bpd]).float()[:, None]
@@ -341,7 +167,6 @@ def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
     (:func:`~inrflow.metrics.images.upsampling_residual` over the training resolution).
     """
     from inrflow.metrics.images import upsampling_residual
-    from inrflow.sample import image_shape, solver_options
 
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -458,8 +283,6 @@ def format_comparison(report: dict[str, Any]) -> str:
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run one evaluation from parsed arguments; returns the report (also written as JSON)."""
-    from inrflow.sample import solver_options
-
     t0 = time.perf_counter()
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     progress = not args.no_progress
@@ -531,7 +354,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics: dict[str, Any]
     if kind == "digits":
-        from inrflow.metrics.digits import digits_metrics, load_real_digits
+        from inrflow.data.digits import load_real_digits
+        from inrflow.metrics.digits import digits_metrics
 
         refs = None if args.ref in (None, "digits") else load_images(args.ref)
         if labels is not None:
@@ -639,8 +463,6 @@ def format_table(report: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from inrflow.sample import add_solver_arguments
-
     p = argparse.ArgumentParser(
         prog="evaluate.py",
         description=(
@@ -780,8 +602,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = f"evaluate.py: error: {flag} {path} is a folder; give a file name"
             print(msg, file=sys.stderr)
             return 2
-    from inrflow.sample import check_solver_arguments
-
     if args.checkpoint and (err := check_solver_arguments(args)) is not None:
         print(f"evaluate.py: error: {err}", file=sys.stderr)
         return 2
