@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from inrflow.data.proteins import ProteinDataset
-from inrflow.folding import evaluate_structures, spaced
+from inrflow.domains.folding import evaluate_structures, spaced
 from inrflow.train.config import PRESETS, TrainConfig
 from inrflow.train.trainer import Trainer
 
@@ -68,10 +68,10 @@ def main() -> None:
         score()
         while trainer.step < a.steps:
             t0 = time.perf_counter()
-            loss, _, _ = trainer.train_step(trainer._to_device(next(batches)))
+            trainer.train_step(trainer._to_device(next(batches)))
             trainer.step += 1
+            losses.append(trainer.read_steps()[-1].loss)  # read every step: the time includes it
             train_s += time.perf_counter() - t0
-            losses.append(loss)
             if trainer.step % a.every == 0:
                 score()
     finally:

@@ -33,7 +33,7 @@ import torch
 
 import inrflow.ops
 from inrflow import ops, perf
-from inrflow.flow import cicfm_loss
+from inrflow.flow import FlowDraws, cicfm_loss
 from inrflow.model import build_model, grid_coords
 from inrflow.sampling import sample
 from inrflow.train.optim import build_optimizer
@@ -108,15 +108,7 @@ def _rounds(size: str) -> int:
 
 
 def _loss(model, batch) -> torch.Tensor:
-    return cicfm_loss(
-        model,
-        batch["coords"],
-        batch["values"],
-        None,
-        t=batch["t"],
-        noise=batch["noise"],
-        query_index=batch["query_index"],
-    )
+    return cicfm_loss(model, batch["coords"], batch["values"], FlowDraws.from_batch(batch))
 
 
 def _train_step(model, opt, batch) -> Callable[[], float]:

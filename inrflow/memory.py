@@ -80,11 +80,11 @@ def _batch(cfg, b: int, context: int, queries: int, device: str | torch.device |
 
 def _train_step(model, optimizer, batch) -> None:
     """Forward (CICFM loss), backward and, with an optimizer, its step: as the trainer runs it."""
-    from inrflow.flow import cicfm_loss
+    from inrflow.flow import FlowDraws, cicfm_loss
 
     coords, values, noise, query_index = batch
     t = torch.rand(values.shape[0], device=values.device)
-    loss = cicfm_loss(model, coords, values, None, t=t, noise=noise, query_index=query_index)
+    loss = cicfm_loss(model, coords, values, FlowDraws(t, noise, query_index=query_index))
     loss.backward()
     if optimizer is not None:
         optimizer.step()

@@ -16,7 +16,6 @@ from inrflow.data import (
     ShapesDataset,
     StreamSampler,
     UnreadableFileError,
-    build_dataset,
     build_loader,
     digits_classifier_accuracy,
     save_image_grid,
@@ -24,6 +23,7 @@ from inrflow.data import (
 )
 from inrflow.data.demo import SHAPE_CLASSES
 from inrflow.data.digits import load_real_digits
+from inrflow.domains import build_dataset
 from inrflow.model import grid_coords
 
 # ------------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ from torch import nn
 
 from inrflow.flow import (
     TIME_EPS,
+    FlowDraws,
     cicfm_loss,
+    draw,
     interpolate,
     ot_pair_noise,
     sample_time,
@@ -59,7 +61,8 @@ def test_cicfm_queries_are_drawn_per_sample_and_match_the_context() -> None:
     t = torch.rand(b)
     noise = torch.randn(b, n, 3)
     probe = Probe()
-    loss = cicfm_loss(probe, coords, values, q, labels=torch.arange(b), t=t, noise=noise)
+    draws = FlowDraws(t, noise, query_index=draw(values, num_queries=q).query_index)
+    loss = cicfm_loss(probe, coords, values, draws, labels=torch.arange(b))
     cc, cv, _, qc, qv, labels = probe.seen
     xt = interpolate(noise, values, t)
     torch.testing.assert_close(cc, coords)  # the encoder sees the whole noisy context
@@ -87,10 +90,10 @@ def test_cicfm_queries_are_drawn_per_sample_and_match_the_context() -> None:
 def test_cicfm_all_queries_and_context_subset() -> None:
     probe = Probe()
     coords, values = torch.rand(2, 30, 2), torch.randn(2, 30, 3)
-    cicfm_loss(probe, coords, values, None, num_context=12)
+    cicfm_loss(probe, coords, values, draw(values, num_context=12))
     cc, _, _, qc, _, _ = probe.seen
     assert cc.shape == (2, 12, 2) and qc.shape == (2, 30, 2)
-    cicfm_loss(probe, coords, values, 100)  # more queries than points: all of them
+    cicfm_loss(probe, coords, values, draw(values, num_queries=100))  # more than N: all
     assert probe.seen[3].shape == (2, 30, 2)
 
 
@@ -98,7 +101,7 @@ def test_cicfm_trains_a_model() -> None:
     model = build_model("tiny")
     coords = grid_coords((8, 8)).expand(2, -1, -1)
     values = torch.rand(2, 64, 3) * 2 - 1
-    loss = cicfm_loss(model, coords, values, 16)
+    loss = cicfm_loss(model, coords, values, draw(values, num_queries=16))
     assert loss.ndim == 0 and torch.isfinite(loss)
     loss.backward()
     assert model.final.linear.weight.grad.abs().sum() > 0  # zero-init output still learns
@@ -107,18 +110,22 @@ def test_cicfm_trains_a_model() -> None:
 def test_cicfm_point_clouds_take_no_coordinates() -> None:
     model = build_model("tiny", "pointcloud")
     x = torch.randn(2, 50, 3)
-    loss = cicfm_loss(model, None, x, 20)
+    loss = cicfm_loss(model, None, x, draw(x, num_queries=20))
     assert torch.isfinite(loss)
 
 
 def test_cicfm_input_errors() -> None:
     probe = Probe()
     with pytest.raises(ValueError, match=r"\[B, N, c\]"):
-        cicfm_loss(probe, torch.rand(5, 2), torch.rand(5, 3), 2)
+        cicfm_loss(
+            probe, torch.rand(5, 2), torch.rand(5, 3), FlowDraws(torch.rand(5), torch.rand(5, 3))
+        )
     with pytest.raises(ValueError, match="disagree"):
-        cicfm_loss(probe, torch.rand(1, 5, 2), torch.rand(1, 6, 3), 2)
+        values = torch.rand(1, 6, 3)
+        cicfm_loss(probe, torch.rand(1, 5, 2), values, draw(values, num_queries=2))
     with pytest.raises(ValueError, match="noise"):
-        cicfm_loss(probe, torch.rand(1, 5, 2), torch.rand(1, 5, 3), 2, noise=torch.rand(1, 4, 3))
+        draws = FlowDraws(torch.rand(1), torch.rand(1, 4, 3))
+        cicfm_loss(probe, torch.rand(1, 5, 2), torch.rand(1, 5, 3), draws)
 
 
 def test_time_location_moves_logit_normal_times_towards_the_data() -> None:
@@ -155,12 +162,12 @@ def test_per_sample_loss_reduction() -> None:
     g = torch.Generator().manual_seed(0)
     values = torch.rand(3, 32, 3, generator=g) * 2 - 1
     t, noise = torch.tensor([0.2, 0.5, 0.9]), torch.randn(3, 32, 3, generator=g)
-    kw = dict(t=t, noise=noise)
-    mean = cicfm_loss(model, None, values, None, **kw)
-    per = cicfm_loss(model, None, values, None, reduction="per_sample", **kw)
+    draws = FlowDraws(t, noise)
+    mean = cicfm_loss(model, None, values, draws)
+    per = cicfm_loss(model, None, values, draws, reduction="per_sample")
     assert per.shape == (3,)
     torch.testing.assert_close(per.mean(), mean)
-    single = cicfm_loss(model, None, values[1:2], None, t=t[1:2], noise=noise[1:2])
+    single = cicfm_loss(model, None, values[1:2], FlowDraws(t[1:2], noise[1:2]))
     torch.testing.assert_close(per[1], single, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="reduction"):
-        cicfm_loss(model, None, values, None, reduction="sum", **kw)
+        cicfm_loss(model, None, values, draws, reduction="sum")

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from inrflow.cli.sample import main as sample_main
-from inrflow.data import FlowCollate, PointCloudDataset, build_dataset
+from inrflow.data import FlowCollate, PointCloudDataset
+from inrflow.domains import build_dataset
 from inrflow.generation import load_condition
 from inrflow.model import build_model
 from inrflow.model.blocks import AdaLN

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from inrflow.flow import cicfm_loss
+from inrflow.flow import FlowDraws, cicfm_loss, draw
 from inrflow.model import build_model, grid_coords
 from inrflow.sampling import nested_grid_index, sample
 
@@ -63,9 +63,7 @@ def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:
                 model,
                 coords.expand(64, -1, -1),
                 img.expand(64, -1, -1),
-                None,
-                t=t_eval,
-                noise=noise_eval,
+                FlowDraws(t_eval, noise_eval),
             )
         model.train()
         return loss.item()
@@ -73,7 +71,10 @@ def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:
     before = eval_loss()
     start = time.perf_counter()
     for _ in range(300):
-        loss = cicfm_loss(model, coords.expand(batch, -1, -1), img.expand(batch, -1, -1), 128)
+        values = img.expand(batch, -1, -1)
+        loss = cicfm_loss(
+            model, coords.expand(batch, -1, -1), values, draw(values, num_queries=128)
+        )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

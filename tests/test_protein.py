@@ -14,7 +14,6 @@ import torch
 
 pytest.importorskip("Bio.PDB")
 
-from inrflow.data import build_dataset
 from inrflow.data.proteins import (
     AMINO_ACIDS,
     FEATURE_NAMES,
@@ -27,6 +26,7 @@ from inrflow.data.proteins import (
     principal_frame,
     write_pdb,
 )
+from inrflow.domains import build_dataset
 from inrflow.metrics import lddt, tm_score
 from inrflow.model import build_model
 from inrflow.train.config import parse_args
@@ -437,7 +437,7 @@ def test_train_with_residue_embeddings_from_a_folder(files, tmp_path) -> None:
 
 
 def test_ideal_chains_have_the_peptide_spacing() -> None:
-    from inrflow.folding import CA_CA_DISTANCE, ideal_chain
+    from inrflow.domains.folding import CA_CA_DISTANCE, ideal_chain
 
     for kind in ("helix", "straight"):
         ca = ideal_chain(30, kind)
@@ -475,7 +475,7 @@ def _alanine_chain(ca: np.ndarray) -> Chain:
 
 
 def test_ideal_chain_scores_are_the_metrics_of_the_ideal_trace() -> None:
-    from inrflow.folding import ideal_chain, ideal_chain_scores
+    from inrflow.domains.folding import ideal_chain, ideal_chain_scores
 
     helix = _alanine_chain(ideal_chain(40, "helix"))
     other = _alanine_chain(ideal_chain(25, "straight") + np.array([0.0, 1.0, 0.0]))
@@ -497,7 +497,7 @@ def test_ideal_chain_scores_are_the_metrics_of_the_ideal_trace() -> None:
 
 
 def test_spaced_and_report_table() -> None:
-    from inrflow.folding import report_table, spaced
+    from inrflow.domains.folding import report_table, spaced
 
     assert spaced(5, 12) == [0, 1, 2, 3, 4]
     assert spaced(45, 12)[0] == 0 and spaced(45, 12)[-1] == 44 and len(spaced(45, 12)) == 12

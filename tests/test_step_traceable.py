@@ -21,7 +21,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from inrflow import ops
-from inrflow.flow import cicfm_loss
+from inrflow.flow import FlowDraws, cicfm_loss
 from inrflow.model import build_model, grid_coords
 from inrflow.train.optim import build_optimizer
 
@@ -74,13 +74,9 @@ def _loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         model,
         batch.get("coords"),
         batch["values"],
-        None,
+        FlowDraws.from_batch(batch),
         batch.get("labels"),
         cond=batch.get("cond"),
-        force_drop=batch.get("cond_drop"),
-        t=batch["t"],
-        noise=batch["noise"],
-        query_index=batch["query_index"],
     )
 
 

@@ -11,12 +11,8 @@ from PIL import Image
 
 from inrflow.data.demo import ShapesDataset
 from inrflow.data.io import save_point_cloud_grid
-from inrflow.train.progress import (
-    TimeBucketLoss,
-    append_progress,
-    class_picture,
-    save_class_clouds,
-)
+from inrflow.domains.pointcloud import class_picture, save_class_clouds
+from inrflow.train.progress import TimeBucketLoss, append_progress
 
 
 def test_time_bucket_means_match_a_plain_loop() -> None:

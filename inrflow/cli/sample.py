@@ -243,7 +243,7 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
     import json
 
     from inrflow.data.proteins import ProteinDataset
-    from inrflow.folding import evaluate_structures
+    from inrflow.domains.folding import evaluate_structures
 
     info, train = meta["dataset"], meta.get("train_config", {})
     source = args.structures or train.get("data", "proteins")

@@ -15,6 +15,7 @@ whatever the number of worker processes.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
-from inrflow.flow import PAIRINGS, ot_pair_noise, sample_time
+from inrflow.flow import PAIRINGS, FlowDraws, draw_sample, ot_pair_noise
 
 from .base import CoordinateDataset
 
@@ -96,7 +97,8 @@ class StreamSampler(Sampler):
 
 
 class FlowCollate:
-    """Stacks items and adds the per-sample flow-matching draws from each item's seed.
+    """Stacks items and adds the per-sample flow-matching draws from each item's seed
+    (:func:`inrflow.flow.draw_sample`), with the dropped labels already the null class.
 
     Output keys: ``values`` [B, N, c], ``coords`` [B, N, d] (not for point clouds), ``labels``
     [B] (classes, ``num_classes`` where dropped for CFG; absent when unconditional), ``cond``
@@ -123,17 +125,18 @@ class FlowCollate:
     ) -> None:
         if pairing not in PAIRINGS:
             raise ValueError(f"pairing must be one of {PAIRINGS}, got {pairing!r}")
-        self.time_loc, self.pairing = time_loc, pairing
-        self.num_queries, self.num_context = num_queries, num_context
-        self.num_classes, self.label_dropout, self.time_dist = (
-            num_classes,
-            label_dropout,
-            time_dist,
+        self.pairing, self.num_classes = pairing, num_classes
+        self._draw = dict(
+            num_queries=num_queries,
+            num_context=num_context,
+            time_dist=time_dist,
+            time_loc=time_loc,
+            label_dropout=label_dropout,
         )
 
     def __call__(self, items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         values = torch.stack([it["values"] for it in items])
-        b, n, c = values.shape
+        _, n, c = values.shape
         out: dict[str, torch.Tensor] = {"values": values}
         if "coords" in items[0]:
             if self.pairing == "ot":
@@ -142,42 +145,38 @@ class FlowCollate:
                     "cloud (values without coordinates) allows"
                 )
             out["coords"] = torch.stack([it["coords"] for it in items])
-        q = self.num_queries if self.num_queries is not None and self.num_queries < n else None
-        m = self.num_context if self.num_context is not None and self.num_context < n else None
-        t, noise, drop = torch.empty(b), torch.empty(b, n, c), torch.zeros(b, dtype=torch.bool)
         has_cond = "cond" in items[0]
-        cond_drop = torch.zeros(b, dtype=torch.bool)
-        q_idx = torch.empty(b, q, dtype=torch.long) if q else None
-        c_idx = torch.empty(b, m, dtype=torch.long) if m else None
-        for i, it in enumerate(items):
+        draws = []
+        for it, x in zip(items, values, strict=True):
             g = torch.Generator().manual_seed(mix_seed(int(it["seed"]), 0, salt=0xF10E))
-            t[i] = sample_time(1, dist=self.time_dist, generator=g, loc=self.time_loc)[0]
-            noise[i] = torch.randn(n, c, generator=g)
+            d = draw_sample(n, c, g, cond=has_cond, **self._draw)
             if self.pairing == "ot":
-                noise[i] = ot_pair_noise(noise[i], values[i])
-            if q_idx is not None:
-                q_idx[i] = torch.rand(n, generator=g).topk(q, sorted=False).indices
-            if c_idx is not None:
-                c_idx[i] = torch.rand(n, generator=g).topk(m, sorted=False).indices
-            drop[i] = bool(torch.rand(1, generator=g)[0] < self.label_dropout)
-            if has_cond:  # drawn last: streams without tokens are unchanged
-                cond_drop[i] = bool(torch.rand(1, generator=g)[0] < self.label_dropout)
-        out.update(t=t, noise=noise)
-        if q_idx is not None:
-            out["query_index"] = q_idx
-        if c_idx is not None:
-            out["context_index"] = c_idx
+                d.noise = ot_pair_noise(d.noise, x)
+            draws.append(d)
+        batch = FlowDraws(*(_stack([getattr(d, f) for d in draws]) for f in _DRAW_FIELDS))
+        out.update(t=batch.t, noise=batch.noise)
+        if batch.query_index is not None:
+            out["query_index"] = batch.query_index
+        if batch.context_index is not None:
+            out["context_index"] = batch.context_index
         if self.num_classes > 0:
             labels = torch.stack([torch.as_tensor(it["label"]).long() for it in items])
-            out["labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            out["labels"] = batch.drop_labels(labels, self.num_classes)
         if has_cond:
             out["cond"] = torch.stack([torch.as_tensor(it["cond"]).float() for it in items])
-            out["cond_drop"] = cond_drop
+            out["cond_drop"] = batch.cond_drop
         out["skipped"] = torch.tensor(sum(int(it["skipped"]) for it in items))
         out["skipped_index"] = torch.tensor(
             [i for it in items for i in it.get("skipped_index", ())], dtype=torch.long
         )
         return out
+
+
+_DRAW_FIELDS = [f.name for f in dataclasses.fields(FlowDraws)]
+
+
+def _stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if parts[0] is None else torch.stack(parts)
 
 
 class _SeededItems(torch.utils.data.Dataset):

@@ -152,7 +152,11 @@ class TrainConfig:
     final_samples: int = _f(
         0, "class-conditional samples drawn (and scored, for digits) at the end of the run"
     )
-    max_nonfinite: int = _f(20, "stop with an error after this many non-finite steps in a row")
+    max_nonfinite: int = _f(
+        20,
+        "stop with an error after this many non-finite steps in a row (noticed when the steps "
+        "are next read: every --log-every steps and before a checkpoint)",
+    )
     profile: bool = _f(
         False,
         "profile a bounded window: --profile-wait steps, then --profile-steps measured steps, "
@@ -228,6 +232,22 @@ class TrainConfig:
         if not (self.stall_factor >= 0 and self.stall_seconds >= 0):
             bad("--stall-factor and --stall-seconds must be >= 0")
         return self
+
+    def data_options(self) -> dict[str, Any]:
+        """The data options, as :func:`inrflow.domains.build_dataset` takes them."""
+        names = ("resolution", "num_points", "hflip", "channels", "normalization")
+        names += ("max_residues", "residue_embeddings", "protein_frame", "rotate")
+        return {k: getattr(self, k) for k in names}
+
+    def param_dtype(self, device: Any) -> Any:
+        """The dtype FSDP2 gathers parameters in (None: as stored, fp32); ``auto``: bf16 on
+        CUDA."""
+        import torch
+
+        p = self.precision
+        if p == "auto":
+            p = "bf16" if device.type == "cuda" else "fp32"
+        return torch.bfloat16 if p == "bf16" else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

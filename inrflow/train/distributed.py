@@ -43,6 +43,12 @@ class Dist:
             dist.all_reduce(t)
         return t.tolist()
 
+    def reduce_(self, t: torch.Tensor, op: str = "sum") -> None:
+        """In place over ranks (``"sum"`` or ``"max"``) on the device: a collective, no host
+        sync; nothing in one process."""
+        if self.world > 1:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM if op == "sum" else dist.ReduceOp.MAX)
+
     def broadcast_object(self, obj: object) -> object:
         """Rank 0's ``obj`` on every rank."""
         if self.world == 1:
@@ -104,3 +110,11 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> Dist:
     rank, world = dist.get_rank(), dist.get_world_size()
     mesh = init_device_mesh(kind, (world,), mesh_dim_names=("dp",))
     return Dist(rank, world, local_rank, dev, mesh, owns)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

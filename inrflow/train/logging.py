@@ -16,11 +16,15 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
 
-from .throughput import Throughput
+from .throughput import Throughput, device_peak_tflops
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
+    from .distributed import Dist
 
 __all__ = ["CSV_FIELDS", "MetricLogger", "plot_loss", "read_metrics"]
 
@@ -162,15 +166,26 @@ class MetricLogger:
         with open(self.csv_path, "w", newline="") as f:
             csv.writer(f).writerows(kept)
 
-    def log_step(self, step: int, loss: float, grad_norm: float, lr: float, skipped: int) -> None:
-        """Record step ``step`` (1-based: the number of steps done)."""
+    def log_step(
+        self,
+        step: int,
+        loss: float,
+        grad_norm: float,
+        lr: float,
+        skipped: int,
+        at: float | None = None,
+        wall: float | None = None,
+    ) -> None:
+        """Record step ``step`` (1-based: the number of steps done), which ended at ``at``
+        (``time.perf_counter()``) and ``wall`` (``time.time()``); now when not given. The
+        trainer reads its steps in bunches, so it passes when each one ended."""
         if not self.enabled:
             return
-        now = time.perf_counter()
+        now = time.perf_counter() if at is None else at
         row = self._rates(now - self._t_row)
         self._t_row = now
         self._csv.writerow(
-            [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{time.time():.3f}"]
+            [step, repr(loss), repr(grad_norm), repr(lr), skipped, f"{wall or time.time():.3f}"]
             + [f"{row[k]:.6g}" for k in ("samples_per_s", "tflops", "mfu")]
         )
         if self.bar is not None:
@@ -178,7 +193,6 @@ class MetricLogger:
         if math.isfinite(loss):
             self._losses.append(loss)
         if step % self.log_every == 0:
-            now = time.perf_counter()
             steps_s = (step - self._step_last) / max(now - self._t_last, 1e-9)
             self._t_last, self._step_last = now, step
             mean = sum(self._losses) / max(len(self._losses), 1)
@@ -246,3 +260,19 @@ class MetricLogger:
         if self.writer is not None:
             self.writer.close()
         self.close_bar()
+
+
+def run_logger(cfg: TrainConfig, dist: Dist, start_step: int) -> MetricLogger:
+    """The logger of a training run (rank 0 writes), with its throughput meter."""
+    peak = cfg.peak_tflops or device_peak_tflops(dist.device)
+    return MetricLogger(
+        Path(cfg.out),
+        dist.is_main,
+        cfg.steps,
+        start_step,
+        cfg.batch_size,
+        cfg.log_every,
+        cfg.tensorboard,
+        throughput=Throughput(cfg.batch_size, dist.world, peak),
+        progress=cfg.progress,
+    )

@@ -71,11 +71,19 @@ class EMA:
         self._pairs = [(_local(self.shadow[n]), _local(p)) for n, p in self.params.items()]
 
     @torch.no_grad()
-    def update(self) -> None:
+    def update(self, keep: torch.Tensor | None = None) -> None:
+        """One EMA step; ``keep``, a device scalar of 1 or 0, scales the step's
+        weight, so that a skipped optimizer step leaves the EMA unchanged without the host
+        reading a flag."""
         if not self._pairs:
             return
         ema, cur = zip(*self._pairs, strict=True)
-        torch._foreach_lerp_(list(ema), list(cur), 1.0 - self.decay)
+        if keep is None:
+            torch._foreach_lerp_(list(ema), list(cur), 1.0 - self.decay)
+            return
+        weight = keep.reshape(()) * (1.0 - self.decay)
+        weights = {t.dtype: weight.to(t.dtype) for t in ema}
+        torch._foreach_lerp_(list(ema), list(cur), [weights[t.dtype] for t in ema])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return dict(self.shadow)

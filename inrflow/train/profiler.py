@@ -21,11 +21,14 @@ from __future__ import annotations
 import contextlib
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from inrflow.nvtx import nvtx_range
+
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
 __all__ = ["ProfileWindow"]
 
@@ -138,7 +141,43 @@ class ProfileWindow:
             "profile_files": [str(f) for f in self.files],
         }
 
+    @staticmethod
+    def describe(summary: dict[str, Any]) -> str:
+        """A console line of :meth:`summary`."""
+        return (
+            f"profiled {summary['profile_steps']} steps in {summary['profile_seconds']:.3f} s "
+            f"({summary['profile_steps_per_second']:.3g} steps/s)"
+            + "".join(f"; {f}" for f in summary["profile_files"])
+        )
+
     def abort(self) -> None:
         """Close an open window (the run ended early, e.g. on a signal)."""
         if self._stack is not None:
             self._close()
+
+
+def profile_window(
+    cfg: TrainConfig, device: torch.device, out: Path, rank: int
+) -> ProfileWindow | None:
+    """The window of a ``--profile`` run (None otherwise)."""
+    if not cfg.profile:
+        return None
+    return ProfileWindow(
+        0,
+        cfg.profile_wait,
+        cfg.profile_steps,
+        device,
+        out,
+        rank,
+        trace=cfg.profile_trace,
+        nvtx_ops=cfg.profile_nvtx_ops,
+    )
+
+
+def phase_range(window: ProfileWindow | None, name: str) -> contextlib.ExitStack:
+    """The NVTX range of a step phase, also a torch.profiler range inside a traced window."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(nvtx_range(name))
+    if window is not None:
+        stack.enter_context(window.phase(name))
+    return stack

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import socket
@@ -187,17 +189,27 @@ def open_run_folder(
 _DATA_KEYS = ("domain", "value_dim", "coord_dim", "cond_dim")
 
 
-def resume_conflicts(manifest: dict[str, Any], info: dict[str, Any]) -> list[str]:
-    """How the data of a resumed run (``info``, :func:`~inrflow.train.trainer.dataset_info`)
-    differ from the data the checkpoint (its ``manifest``) was trained on, one line each."""
+def resume_conflicts(
+    manifest: dict[str, Any], info: dict[str, Any], domain_keys: tuple[str, ...] = ()
+) -> list[str]:
+    """How the data of a resumed run (``info``, :meth:`inrflow.domains.Domain.dataset_info`)
+    differ from the data the checkpoint (its ``manifest``) was trained on, one line each.
+    ``domain_keys``: what else the domain's data decide
+    (:attr:`inrflow.domains.Domain.resume_keys`)."""
     stored = manifest.get("dataset") or {}
     keys = list(_DATA_KEYS)
     if int(manifest.get("model_config", {}).get("num_classes", 0) or 0) > 0:
         keys.append("num_classes")  # a class-conditional model needs the same classes
-    if stored.get("domain") == "protein":
-        keys.append("max_residues")  # one latent per residue
+    keys += domain_keys
     out = []
     for key in keys:
         if key in stored and stored[key] != info.get(key):
             out.append(f"{key} {stored[key]} in the checkpoint, {info.get(key)} in --data")
     return out
+
+
+def write_run_config(out: Path, cfg: Any, model_config: Any) -> None:
+    """``config.json``: the train config and the model config of the run (rank 0)."""
+    out.mkdir(parents=True, exist_ok=True)
+    config = {"train": cfg.to_dict(), "model": dataclasses.asdict(model_config)}
+    (out / "config.json").write_text(json.dumps(config, indent=1, default=str))

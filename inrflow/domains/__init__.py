@@ -1,0 +1,106 @@
+"""The domains (kinds of data) and how ``--data`` picks one.
+
+``domain_for(name)`` gives the domain object of a name (``image``, ``pointcloud``,
+``protein``; a dataset's ``.domain``, a checkpoint's ``dataset.domain``);
+``domain_of_data(spec, task)`` the one that ``--data`` (and ``--task``) names;
+``build_dataset(spec, ...)`` the dataset. Adding a domain: a module with a
+:class:`~inrflow.domains.base.Domain` subclass, and one entry in ``DOMAINS`` below (see
+``docs/ARCHITECTURE.md``).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+from inrflow.data import BUNDLED, CoordinateDataset
+
+from .base import DataOptions, Domain, RunOptions, SampleRun
+from .image import ImageDomain
+from .pointcloud import PointCloudDomain
+from .protein import ProteinDomain
+
+__all__ = [
+    "DOMAINS",
+    "DataOptions",
+    "Domain",
+    "RunOptions",
+    "SampleRun",
+    "build_dataset",
+    "domain_for",
+    "domain_of_data",
+]
+
+#: every domain, in the order they are asked whether a ``--data`` path holds their data (the
+#: image domain, which takes any other folder, last)
+DOMAINS: dict[str, Domain] = {
+    d.name: d for d in (ProteinDomain(), PointCloudDomain(), ImageDomain())
+}
+
+
+def domain_for(name: str) -> Domain:
+    """The domain called ``name``."""
+    try:
+        return DOMAINS[name]
+    except KeyError:
+        raise ValueError(f"unknown domain {name!r} (known: {', '.join(DOMAINS)})") from None
+
+
+def domain_of_data(spec: str | os.PathLike, task: str | None = None) -> Domain:
+    """The domain of ``--data spec``: the one ``task`` names, else the one bundling a dataset of
+    that name, else the first that recognises the files at the path. A path that does not exist
+    raises ``FileNotFoundError``, with the path."""
+    if task is not None:
+        return domain_for(task)
+    name = str(spec)
+    for domain in DOMAINS.values():
+        if name in domain.bundled:
+            return domain
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(
+            f"--data {name!r}: no such file or directory (bundled datasets: {', '.join(BUNDLED)})"
+        )
+    for domain in DOMAINS.values():
+        if domain.holds(path):
+            return domain
+    return DOMAINS["image"]  # its build_dataset says what a path it cannot read should be
+
+
+def build_dataset(
+    spec: str | os.PathLike,
+    *,
+    resolution: int | None = None,
+    num_points: int | None = None,
+    hflip: bool = True,
+    channels: int = 3,
+    normalization: str = "shape_bbox",
+    task: str | None = None,
+    max_residues: int | None = None,
+    residue_embeddings: str | None = None,
+    split: str = "all",
+    protein_frame: str = "principal",
+    rotate: bool = False,
+) -> CoordinateDataset:
+    """The dataset named by ``spec``: ``digits``, ``shapes``, ``proteins`` (the bundled
+    structures), a folder of images (subfolders = classes), a folder/stack file of point clouds
+    (.npy/.npz), or a folder of PDB/mmCIF files (or any path with ``task="protein"``).
+
+    ``split`` (proteins): ``all``, ``train`` or ``test`` (every 10th chain held out);
+    ``protein_frame`` and ``rotate``: see :class:`~inrflow.data.ProteinDataset` (``frame``,
+    ``rotate``); ``rotate`` also gives the bundled shapes random orientations.
+    A path that does not exist or holds no usable files raises at once, with the path.
+    """
+    options = SimpleNamespace(
+        resolution=resolution,
+        num_points=num_points,
+        hflip=hflip,
+        channels=channels,
+        normalization=normalization,
+        max_residues=max_residues,
+        residue_embeddings=residue_embeddings,
+        protein_frame=protein_frame,
+        rotate=rotate,
+    )
+    return domain_of_data(spec, task).build_dataset(str(spec), options, split)

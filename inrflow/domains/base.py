@@ -1,0 +1,200 @@
+"""The interface every domain implements: what the trainer and the CLIs ask of a kind of data.
+
+A *domain* (images, point clouds, protein structures) is one small class: it recognises its
+``--data``, builds the dataset, fits the model preset to it, describes it in a checkpoint,
+generates and writes samples, and scores them. The trainer holds one domain object
+(``Trainer.domain``) and never asks which domain it is; a new kind of data is a new module in
+this package, registered in :mod:`inrflow.domains`.
+
+Domains sit above the pure libraries (model, flow, sampling, data, metrics) and below the
+applications, so the options they read are described here as protocols that the trainer's
+``TrainConfig`` satisfies, not imported from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from inrflow.data import CoordinateDataset, FlowCollate
+from inrflow.model import INRFlow, get_config
+from inrflow.model.config import INRFlowConfig
+
+__all__ = ["DataOptions", "Domain", "RunOptions", "SampleRun", "image_scale", "score_final"]
+
+
+class DataOptions(Protocol):
+    """The data options of a run (fields of :class:`~inrflow.train.TrainConfig`)."""
+
+    resolution: int | None
+    num_points: int | None
+    hflip: bool
+    channels: int
+    normalization: str
+    max_residues: int | None
+    residue_embeddings: str | None
+    protein_frame: str
+    rotate: bool
+
+
+class RunOptions(Protocol):
+    """The model, draw and sampling options of a run (fields of ``TrainConfig``)."""
+
+    size: str
+    model: dict[str, Any]
+    class_conditional: bool
+    num_queries: int | None
+    num_context: int | None
+    label_dropout: float
+    time_dist: str
+    time_loc: float
+    pairing: str
+    seed: int
+    num_samples: int
+    final_samples: int
+    sample_steps: int
+    sample_method: str
+    cfg_scale: float
+
+
+@dataclasses.dataclass
+class SampleRun:
+    """What a domain needs to sample, write and score during and at the end of a run (rank 0).
+
+    ``model`` holds the EMA weights; ``log`` writes a console line, ``scalars`` records
+    logged values (TensorBoard and ``progress.jsonl``) at ``step``.
+    """
+
+    model: INRFlow
+    dataset: CoordinateDataset
+    options: RunOptions
+    out: Path
+    step: int
+    log: Callable[[str], None]
+    scalars: Callable[[dict[str, float]], None]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def labels(self, num: int) -> torch.Tensor | None:
+        """Classes ``0, 1, ..., k-1, 0, ...`` for ``num`` samples (None when unconditional)."""
+        k = self.model.config.num_classes
+        return torch.arange(num, device=self.device) % k if k > 0 else None
+
+
+class Domain:
+    """One kind of data. Subclasses set ``name`` (the model preset family) and override what
+    differs; the defaults are those of data on a fixed set of coordinates with optional class
+    labels and condition tokens."""
+
+    name: ClassVar[str]
+    #: bundled dataset names this domain builds (``--data NAME``)
+    bundled: ClassVar[tuple[str, ...]] = ()
+    #: keys of :meth:`dataset_info`, beyond the channels, classes and tokens, on which a
+    #: checkpoint and new data must agree for a run to resume
+    resume_keys: ClassVar[tuple[str, ...]] = ()
+
+    # -- data --------------------------------------------------------------------------------
+    def holds(self, path: Path) -> bool:
+        """Whether the existing ``path`` is this domain's data (files are recognised by their
+        suffixes)."""
+        return False
+
+    def build_dataset(self, spec: str, options: DataOptions, split: str) -> CoordinateDataset:
+        """The dataset of ``--data spec`` (a bundled name or a path this domain holds)."""
+        raise NotImplementedError
+
+    def dataset_info(self, ds: CoordinateDataset) -> dict[str, Any]:
+        """What sampling needs to know about the data (saved with every checkpoint)."""
+        return {
+            "domain": ds.domain,
+            "shape": list(ds.shape),
+            "value_dim": ds.value_dim,
+            "coord_dim": ds.coord_dim,
+            "num_classes": ds.num_classes,
+            "class_names": list(ds.class_names),
+            "cond_dim": int(getattr(ds, "cond_dim", 0)),
+        }
+
+    # -- model -------------------------------------------------------------------------------
+    def fitted_fields(self, ds: CoordinateDataset) -> dict[str, Any]:
+        """Model-config fields the data decides (beyond channels, classes, condition tokens)."""
+        return {}
+
+    def model_config(self, options: RunOptions, ds: CoordinateDataset) -> INRFlowConfig:
+        """The preset ``options.size`` of this domain fitted to ``ds``, with ``options.model``
+        overrides. The model's own random label / token dropout is off: the flow-matching
+        draws of the data pipeline drop them (per sample, from its seed)."""
+        num_classes = ds.num_classes if options.class_conditional else 0
+        fitted: dict[str, Any] = {"value_dim": ds.value_dim, "num_classes": num_classes}
+        fitted.update(self.fitted_fields(ds))
+        if getattr(ds, "cond_dim", 0):
+            fitted["cond_dim"] = ds.cond_dim
+            fitted["cond_tokens"] = ds.cond_tokens
+        fitted.update(options.model)
+        fitted["class_dropout"] = 0.0
+        fitted["cond_dropout"] = 0.0
+        return get_config(options.size, self.name, **fitted)
+
+    # -- training batches --------------------------------------------------------------------
+    def collate(self, options: RunOptions, num_classes: int) -> FlowCollate:
+        """The batch collation with its per-sample flow-matching draws."""
+        return FlowCollate(
+            options.num_queries,
+            options.num_context,
+            num_classes=num_classes,
+            label_dropout=options.label_dropout,
+            time_dist=options.time_dist,
+            time_loc=options.time_loc,
+            pairing=options.pairing,
+        )
+
+    # -- samples -----------------------------------------------------------------------------
+    def samples_at_end(self, options: RunOptions) -> bool:
+        """Whether :meth:`final` samples (so the periodic samples skip the last step)."""
+        return options.final_samples > 0
+
+    def generate(
+        self, run: SampleRun, num: int, labels: torch.Tensor | None, seed: int
+    ) -> torch.Tensor:
+        """``num`` samples at the training resolution / point count."""
+        raise NotImplementedError
+
+    def periodic(self, run: SampleRun) -> Path | None:
+        """Samples of the current step (``--sample-every``): written, and scored where the
+        domain can score them quickly; returns where they went."""
+        raise NotImplementedError
+
+    def final(self, run: SampleRun) -> dict[str, Any]:
+        """The end of a completed run: final samples, written and scored (the figures the
+        domain's demo prints); returns the summary entries."""
+        raise NotImplementedError
+
+
+def score_final(run: SampleRun, out: torch.Tensor, labels: torch.Tensor | None) -> dict:
+    """Final class-conditional samples scored by the dataset's own scoring, where it has one
+    (the digits' classifier accuracy, the shapes' recognition and 1-NNA): logged, written to
+    ``final_scores.json`` and returned."""
+    evaluate = getattr(run.dataset, "evaluate_samples", None)
+    if evaluate is None or labels is None:
+        return {}
+    o = run.options
+    scores = evaluate(out, labels)
+    for key, value in scores.items():
+        run.log(
+            f"{key}: {value:.4f} over {len(out)} class-conditional samples "
+            f"({o.sample_method}, {o.sample_steps} steps, CFG {o.cfg_scale})"
+        )
+    (run.out / "final_scores.json").write_text(json.dumps(scores, indent=1))
+    return scores
+
+
+def image_scale(shape: tuple[int, ...]) -> int:
+    """Pixel repeat that makes a sample grid's tiles about 128 pixels wide."""
+    return max(1, 128 // max(shape))
