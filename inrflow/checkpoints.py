@@ -37,8 +37,6 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint_model",
     "load_ema_model",
-    "load_for_sampling",
-    "load_model",
     "read_manifest",
     "stored_dataset_info",
     "unfinished_checkpoints",
@@ -184,18 +182,8 @@ def load_ema_model(
     return model.to(device).eval(), meta, ckpt
 
 
-def load_for_sampling(
-    path: str | os.PathLike, device: str | torch.device = "cpu"
-) -> tuple[INRFlow, dict[str, Any]]:
-    """``(model, meta)`` for evaluation tools: :func:`load_ema_model` with a flat ``meta``
-    (``domain``, ``shape``, ``num_classes``, ``value_dim``, ``class_names``, ``dataset`` = the
-    ``--data`` of the run, ``step``, ``checkpoint``, ``weights`` = ``"ema"``)."""
-    model, manifest, ckpt = load_ema_model(path, device)
-    return model, _flat_meta(manifest, ckpt, weights="ema")
-
-
 def _flat_meta(stored: dict[str, Any], source: str | os.PathLike, weights: str) -> dict[str, Any]:
-    """The flat ``meta`` of :func:`load_for_sampling` from a manifest or an export's config:
+    """The flat ``meta`` of :func:`load_checkpoint_model` from a manifest or an export's config:
     the stored dataset description with the run's ``--data`` as ``dataset``."""
     meta = dict(stored.get("dataset", {}))
     meta.update(
@@ -208,20 +196,10 @@ def _flat_meta(stored: dict[str, Any], source: str | os.PathLike, weights: str) 
     return meta
 
 
-def load_model(
-    path: str | Path, device: str | torch.device = "cpu", checksums: bool = True
-) -> tuple[INRFlow, dict[str, Any], Path]:
-    """``(model, meta, source)`` of a training run or checkpoint folder (its EMA weights, by
-    :func:`load_ema_model`) or of an exported folder (:func:`inrflow.model.load_pretrained`);
-    ``meta`` holds ``step``, ``dataset`` and ``train_config`` either way."""
-    if is_pretrained(path):
-        return load_pretrained(path, device), read_pretrained_config(path), Path(path)
-    return load_ema_model(path, device, checksums=checksums)
-
-
 def stored_dataset_info(meta: dict[str, Any]) -> dict[str, Any]:
     """The dataset description (``domain``, ``shape``, ...) of checkpoint metadata: nested under
-    ``"dataset"`` (:func:`load_ema_model`) or flat (``load_for_sampling``, evaluation files)."""
+    ``"dataset"`` (a manifest: :func:`load_ema_model`; an export's config) or flat
+    (:func:`load_checkpoint_model`, where ``dataset`` is the run's ``--data``)."""
     info = meta.get("dataset")
     return info if isinstance(info, dict) else meta
 
@@ -267,27 +245,32 @@ def _strip(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def load_checkpoint_model(
-    path: str | os.PathLike, device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """An INRFlow model (EMA weights preferred) and its metadata from a checkpoint.
+    path: str | os.PathLike, device: torch.device | str = "cpu", checksums: bool = True
+) -> tuple[INRFlow, dict[str, Any]]:
+    """``(model, meta)``: an INRFlow model in eval mode on ``device`` (EMA weights preferred)
+    and its flat metadata, whatever ``--ckpt`` names. What both CLIs load.
 
     A folder is one of the trainer's checkpoints (a run folder, its ``checkpoints/`` or one
-    ``step_*`` folder) and is loaded by the trainer's own, checksum-verified
-    :func:`load_for_sampling`, or an exported folder
-    (``python -m inrflow.export``, :func:`inrflow.model.load_pretrained`). A file is a plain
-    torch checkpoint ``{"config"|"model_config": INRFlowConfig fields, "ema"|"model": state dict,
-    "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
+    ``step_*`` folder: :func:`load_ema_model`, files verified, ``checksums`` included) or an
+    exported folder (``python -m inrflow.export``, :func:`inrflow.model.load_pretrained`). A
+    file is a plain torch checkpoint ``{"config"|"model_config": INRFlowConfig fields,
+    "ema"|"model": state dict, "meta"|"dataset": {"domain", "shape", "num_classes", ...}}``.
+
+    ``meta`` is flat: the stored dataset description (``domain``, ``shape``, ``num_classes``,
+    ...) with ``dataset`` = the run's ``--data``, ``step``, ``checkpoint`` (the folder or file
+    loaded), ``weights`` (``"ema"`` or ``"model"``) and ``train_config`` when the checkpoint
+    has them.
     """
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
+        raise FileNotFoundError(f"checkpoint path {str(p)!r} does not exist")
     if p.is_dir() and is_pretrained(p):
         config = read_pretrained_config(p)
         meta = _flat_meta(config, p, weights=config.get("weights", "ema"))
         return load_pretrained(p, device), meta
     if p.is_dir():
-        model, meta = load_for_sampling(p, device=device)
-        return model, dict(meta)
+        model, manifest, ckpt = load_ema_model(p, device, checksums=checksums)
+        return model, _flat_meta(manifest, ckpt, weights="ema")
     obj = torch.load(p, map_location="cpu", weights_only=True)
     if not isinstance(obj, dict):
         raise ValueError(f"{p}: expected a dict checkpoint, got {type(obj).__name__}")

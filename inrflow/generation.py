@@ -222,7 +222,7 @@ def sample_from_model(
     info: Mapping[str, Any],
     num_samples: int,
     *,
-    steps: int = 100,
+    steps: int = 50,
     method: str = "euler",
     cfg_scale: float = 1.0,
     batch_size: int = 64,

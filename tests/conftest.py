@@ -1,25 +1,11 @@
-"""Shared pytest fixtures and markers for the inrflow test suite."""
+"""Fixtures every test module gets: a fixed RNG state, the single-thread fixture of
+:mod:`helpers`, and an environment without the caller's ``INRFLOW_BACKEND``."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-import inrflow.ops
-
-EXTENSION_BUILT = inrflow.ops.extension_available()
-CUDA = torch.cuda.is_available()
-
-requires_extension = pytest.mark.skipif(
-    not EXTENSION_BUILT,
-    reason="inrflow._C is not built (pip install --no-build-isolation -e .)",
-)
-requires_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
-
-
-def devices() -> list[str]:
-    """Devices to run device-generic tests on: the CPU, plus the GPU when there is one."""
-    return ["cpu", "cuda"] if CUDA else ["cpu"]
+from helpers import one_thread  # noqa: F401  (a fixture: defined there, made visible here)
 
 
 @pytest.fixture(autouse=True)

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, script_env, tiny_argv, tiny_config, train
 from PIL import Image
-from test_train import REPO, script_env, tiny_argv, tiny_config, train
 
 from inrflow.cli import evaluate as ev
 from inrflow.cli.sample import main as sample_main
@@ -22,13 +22,7 @@ from inrflow.data import ImageFolderDataset
 from inrflow.metrics.images import load_images
 from inrflow.train.cli import main as train_main
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -121,11 +115,11 @@ def evaluate_cases(tmp: Path) -> list[tuple[list[str], str]]:
         ),
         (["--samples", str(tmp / "short.npz"), "--ref", "digits"], "4 samples but 2 labels"),
         (["--samples", str(tmp / "flat.npy"), "--ref", "digits"], "a 2-D array [3, 5] is not"),
-        ([*ok, "--num-samples", "0"], "--num-samples must be >= 1, got 0"),
-        ([*ok, "--num-samples", "-2"], "--num-samples must be >= 1, got -2"),
+        ([*ok, "--num", "0"], "--num must be >= 1, got 0"),
+        ([*ok, "--num", "-2"], "--num must be >= 1, got -2"),
         ([*ok, "--batch-size", "0"], "--batch-size must be >= 1, got 0"),
         ([*ok, "--out", str(tmp / "report_dir")], "is a folder; give a file name"),
-        ([*ok, "--cfg-scale", "nan"], "--cfg-scale must be finite"),
+        ([*ok, "--cfg-scale", "nan"], "--cfg-scale must be a finite number"),
     ]
 
 
@@ -141,8 +135,8 @@ def test_evaluate_bad_inputs(tmp_path, capsys) -> None:
 
 
 def test_evaluate_num_samples_zero_with_a_checkpoint(run, tmp_path, capsys) -> None:
-    code = ev.main(["--checkpoint", str(run), "--num-samples", "0", "--out", str(tmp_path / "r")])
-    assert code == 2 and "--num-samples must be >= 1" in capsys.readouterr().err
+    code = ev.main(["--ckpt", str(run), "--num", "0", "--out", str(tmp_path / "r")])
+    assert code == 2 and "--num must be >= 1" in capsys.readouterr().err
 
 
 def test_evaluate_exit_status_reaches_the_shell(tmp_path) -> None:

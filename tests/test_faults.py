@@ -19,12 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import (
+from helpers import (
     REPO,
     TINY_MODEL,
     ckpt_steps,
     copy_run,
     losses,
+    requires_gloo,
     script_env,
     tiny_argv,
     tiny_config,
@@ -523,12 +524,8 @@ def _rank_of(pid: int) -> int | None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    not torch.distributed.is_available()
-    or not torch.distributed.is_gloo_available()
-    or not Path("/proc/self/task").exists(),
-    reason="needs torch.distributed with gloo and Linux /proc",
-)
+@requires_gloo
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_paused_rank_is_reported_and_ends_the_run_after_dist_timeout(tmp_path) -> None:
     out = tmp_path / "run"
     argv = tiny_argv(out, steps=100_000, ckpt_every=2, log_every=1000)

@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from test_sampling import COVS, MUS, WEIGHTS, GaussianClassModel, gmm_velocity
+from helpers import COVS, MUS, WEIGHTS, GaussianClassModel, gmm_velocity
 
 from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood, ode_log_likelihood
 

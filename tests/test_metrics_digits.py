@@ -11,14 +11,7 @@ pytest.importorskip("sklearn")
 from inrflow.data.digits import load_real_digits
 from inrflow.metrics import DigitsClassifier, digits_classifier, digits_metrics
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_classifier_is_deterministic_and_accurate() -> None:

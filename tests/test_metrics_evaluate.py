@@ -16,17 +16,10 @@ import torch
 from inrflow.checkpoints import load_checkpoint_model
 from inrflow.cli import evaluate as ev
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytest.importorskip("sklearn")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, dict | None]:
@@ -46,7 +39,7 @@ def test_help_runs_as_a_script() -> None:
         check=False,
     )
     assert res.returncode == 0
-    assert "--checkpoint" in res.stdout and "rFID" in res.stdout
+    assert "--ckpt" in res.stdout and "rFID" in res.stdout
 
 
 def test_digits_samples_from_an_npz(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,7 +95,7 @@ def test_point_clouds_from_a_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_images_with_the_rfid_label(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from test_metrics_images import TinyExtractor
+    from helpers import TinyExtractor
 
     import inrflow.metrics.images as images_mod
 
@@ -151,9 +144,9 @@ def test_checkpoint_is_sampled_then_evaluated(
     saved = tmp_path / "samples.npz"
     rc, text, report = _run(
         [
-            "--checkpoint",
+            "--ckpt",
             str(ckpt),
-            "--num-samples",
+            "--num",
             "20",
             "--steps",
             "2",
@@ -215,9 +208,9 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     out = tmp_path / "dcp.json"
     rc, text, report = _run(
         [
-            "--checkpoint",
+            "--ckpt",
             str(tmp_path / "run"),
-            "--num-samples",
+            "--num",
             "10",
             "--steps",
             "1",
@@ -231,9 +224,9 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     assert report["settings"]["nfe_per_batch"] == 1 and "NFE 1 per batch" in text
     rc, text, report = _run(
         [
-            "--checkpoint",
+            "--ckpt",
             str(tmp_path / "run"),
-            "--num-samples",
+            "--num",
             "4",
             "--method",
             "heun",
@@ -249,13 +242,13 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
     assert rc == 0 and report["settings"]["nfe_per_batch"] == 4
     assert report["settings"]["time_shift"] == 2.0
     rc, text, _ = _run(
-        ["--checkpoint", str(tmp_path / "run"), "--method", "dopri5", "--time-shift", "2"], capsys
+        ["--ckpt", str(tmp_path / "run"), "--method", "dopri5", "--time-shift", "2"], capsys
     )
     assert rc == 2 and "not dopri5" in text
     # likelihood only: bits per dimension of real digits, exact and Hutchinson divergence
     bpd = {}
     for extra in ([], ["--hutchinson", "2"]):
-        argv = ["--checkpoint", str(tmp_path / "run"), "--num-samples", "0", "--bpd", "3"]
+        argv = ["--ckpt", str(tmp_path / "run"), "--num", "0", "--bpd", "3"]
         argv += ["--bpd-method", "heun", "--bpd-steps", "2", "--out", str(out), *extra]
         rc, text, report = _run(argv, capsys)
         assert rc == 0, text
@@ -264,7 +257,7 @@ def test_trainer_checkpoint_folder(tmp_path: Path, capsys: pytest.CaptureFixture
         bpd[m["bpd-divergence"]] = m["bpd"]
     assert set(bpd) == {"exact", "hutchinson-2"}
     rc, text, _ = _run(["--samples", "x.npz", "--bpd", "3"], capsys)
-    assert rc == 2 and "--bpd N needs --checkpoint" in text
+    assert rc == 2 and "--bpd N needs --ckpt" in text
 
 
 def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -282,7 +275,7 @@ def test_errors_are_reported_not_raised(tmp_path: Path, capsys: pytest.CaptureFi
     assert rc == 2 and "not found" in text
     torch.save({"weights": torch.zeros(3)}, tmp_path / "bad.pt")
     rc, text, _ = _run(
-        ["--checkpoint", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x.json")], capsys
+        ["--ckpt", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "x.json")], capsys
     )
     assert rc == 2 and "config" in text
     np.save(tmp_path / "nan.npy", np.full((4, 8, 8), np.nan, dtype=np.float32))

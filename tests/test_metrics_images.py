@@ -8,38 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TinyExtractor
 
 from inrflow.metrics import compute_image_metrics, load_images, to_unit_float
 from inrflow.metrics.images import infer_value_range
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-class TinyExtractor(torch.nn.Module):
-    """Stands in for Inception: a fixed random projection of 8 x 8 average-pooled pixels."""
-
-    def __init__(self, kind: str = "rfid") -> None:
-        super().__init__()
-        self.kind = kind
-        self.metric_name = "FID" if kind == "fid" else "rFID"
-        self.description = f"tiny test extractor ({kind})"
-        gen = torch.Generator().manual_seed(0)
-        self.register_buffer("proj", torch.randn(3 * 64, 16, generator=gen))
-        self.register_buffer("head", torch.randn(16, 10, generator=gen))
-        self.seen: list[torch.Tensor] = []
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.seen.append(x.detach().clone())
-        x = x.expand(-1, 3, -1, -1)
-        f = torch.nn.functional.adaptive_avg_pool2d(x, 8).flatten(1) @ self.proj
-        return f, f @ self.head
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _images(n: int, seed: int) -> np.ndarray:

@@ -16,6 +16,8 @@ from inrflow.metrics.inception import (
     state_dict_sha256,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # A sample of the torchvision ``Inception3`` layout of the FID weights file
 # (pt_inception-2015-12-05-6726825d.pth): names and shapes our module must reproduce.
 STANDARD_SHAPES = {
@@ -42,15 +44,6 @@ FID_INCEPTION_PARAMS = 27_161_264 - 3_326_696 + 8 * 2049
 # SHA-256 of the rFID weights for seed 0: they must never change, or rFID numbers of different
 # runs, machines and inrflow versions stop being comparable.
 RFID_SEED0_SHA256 = "237bd1d5ed7b"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """A busy 2-core machine runs these convolutions ~15x faster on one thread than on two."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

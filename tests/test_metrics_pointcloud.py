@@ -23,16 +23,9 @@ from inrflow.metrics import (
 from inrflow.metrics.io import load_point_clouds
 from inrflow.metrics.pointcloud import emd_method_name
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 BACKENDS = ("kdtree", "matmul", "ops")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def brute_chamfer(x: torch.Tensor, y: torch.Tensor) -> float:

@@ -12,14 +12,7 @@ import torch
 from inrflow.metrics import kabsch, lddt, tm_score
 from inrflow.metrics.protein import tm_d0
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors on a busy 2-core machine: one thread avoids OpenMP oversubscription."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chain(n: int, seed: int = 0) -> torch.Tensor:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import time
 
-import pytest
 import torch
 import torch.nn.functional as F
 
@@ -34,16 +33,6 @@ def downsample2(img: torch.Tensor, n: int) -> torch.Tensor:
     """``[n*n, c]`` row-major image -> 2x2 box average ``[(n/2)^2, c]``."""
     chw = img.reshape(1, n, n, -1).permute(0, 3, 1, 2)
     return F.avg_pool2d(chw, 2).permute(0, 2, 3, 1).reshape(-1, img.shape[-1])
-
-
-@pytest.fixture
-def one_thread():
-    """A model this small gains nothing from intra-op threads, and on a busy CI machine spinning
-    OpenMP threads can make it 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tiny_overfits_and_generates_across_resolutions(one_thread) -> None:

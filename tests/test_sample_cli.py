@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_MODEL, tiny_config, train
 from PIL import Image
-from test_train import TINY_MODEL, tiny_config, train
 
 from inrflow.checkpoints import list_checkpoints, load_ema_model
 from inrflow.cli.sample import main
@@ -41,7 +41,7 @@ def test_help(capsys) -> None:
         "--labels",
         "--cfg-scale",
         "--resolution",
-        "--num-points",
+        "--points",
         "--steps",
         "--method",
         "--out",
@@ -157,7 +157,7 @@ def test_point_clouds_as_ply_at_any_point_count(shapes_run, tmp_path) -> None:
         str(shapes_run),
         "--num",
         "3",
-        "--num-points",
+        "--points",
         "80",
         "--steps",
         "2",
@@ -309,8 +309,8 @@ def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path,
     from inrflow.cli.evaluate import main as evaluate_main
 
     out = tmp_path / "tab5.json"
-    argv = ["--checkpoint", str(digits_run), "--compare-upsampling", "--resolution", "16"]
-    argv += ["--num-samples", "20", "--steps", "2", "--out", str(out), "--no-progress"]
+    argv = ["--ckpt", str(digits_run), "--compare-upsampling", "--resolution", "16"]
+    argv += ["--num", "20", "--steps", "2", "--out", str(out), "--no-progress"]
     assert evaluate_main(argv) == 0
     text = capsys.readouterr().out
     report = json.loads(out.read_text())
@@ -322,5 +322,5 @@ def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path,
     assert rows["native"]["speckle"] < rows["native, per-query noise"]["speckle"]
     assert report["settings"]["resolution"] == [16, 16] and out.with_suffix(".png").is_file()
     assert report["settings"]["training_resolution"] == [8, 8]
-    assert evaluate_main(["--checkpoint", str(digits_run), "--compare-upsampling"]) == 2
+    assert evaluate_main(["--ckpt", str(digits_run), "--compare-upsampling"]) == 2
     assert "--resolution" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from helpers import GaussianClassModel, gmm_moments, gmm_velocity
 from torch import nn
 
 from inrflow.model import grid_coords
@@ -24,37 +25,6 @@ from inrflow.sampling import (
     sample,
     time_grid,
 )
-
-MUS = torch.tensor([[-2.0, 0.0], [2.0, 1.0], [0.0, 3.0]], dtype=torch.float64)
-COVS = torch.stack(
-    [
-        torch.tensor([[0.5, 0.2], [0.2, 0.3]]),
-        torch.tensor([[0.3, -0.1], [-0.1, 0.6]]),
-        torch.tensor([[0.2, 0.0], [0.0, 0.2]]),
-    ]
-).double()
-WEIGHTS = torch.tensor([0.3, 0.5, 0.2], dtype=torch.float64)
-
-
-def gmm_moments() -> tuple[torch.Tensor, torch.Tensor]:
-    mean = (WEIGHTS[:, None] * MUS).sum(0)
-    second = (WEIGHTS[:, None, None] * (COVS + MUS[:, :, None] * MUS[:, None, :])).sum(0)
-    return mean, second - mean[:, None] * mean[None, :]
-
-
-def gmm_velocity(x: torch.Tensor, t: float) -> torch.Tensor:
-    """Exact marginal velocity of the GMM for x ``[..., 2]`` (computed in float64)."""
-    xd = x.double().reshape(-1, 2)
-    eye = torch.eye(2, dtype=torch.float64)
-    s = t * t * COVS + (1 - t) ** 2 * eye  # [K, 2, 2]
-    s_inv = torch.linalg.inv(s)
-    r = xd[:, None, :] - t * MUS  # [N, K, 2]
-    sr = (s_inv * r[:, :, None, :]).sum(-1)  # S_k^-1 (x - t mu_k), [N, K, 2]
-    logw = torch.log(WEIGHTS) - 0.5 * (r * sr).sum(-1) - 0.5 * torch.logdet(s)
-    w = torch.softmax(logw, dim=-1)  # [N, K]
-    e_x1 = MUS + t * (COVS * sr[:, :, None, :]).sum(-1)  # E[x1 | x, k]
-    e_x0 = (1 - t) * sr  # E[x0 | x, k]
-    return (w[..., None] * (e_x1 - e_x0)).sum(-2).reshape(x.shape).to(x.dtype)
 
 
 def moments(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,37 +81,6 @@ def test_sde_first_step_stays_bounded() -> None:
 # ------------------------------------------------------------------------------------------------
 # `sample` glue: a stand-in model whose velocity is exact for class-conditional Gaussians
 # ------------------------------------------------------------------------------------------------
-
-
-class GaussianClassModel(nn.Module):
-    """Class y has data N(mu_y, I) (value_dim 2); the null class (index 2) has N(0, I).
-
-    The exact velocity is linear in mu, so CFG with scale s gives exactly the field of
-    N(s mu_y, I): the guided samples must have mean s mu_y.
-    """
-
-    MU = torch.tensor([[3.0, -1.0], [-2.0, 2.0], [0.0, 0.0]])
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(
-            value_dim=2, coord_dim=1, coords_are_values=False, num_classes=2
-        )
-        self.dummy = nn.Parameter(torch.zeros(()))
-        self.encode_batches: list[int] = []
-
-    def encode(self, coords, values, t, labels=None, cond=None, force_drop=None):
-        self.encode_batches.append(values.shape[0])
-        if force_drop is not None:
-            labels = torch.where(force_drop, torch.full_like(labels, 2), labels)
-        return SimpleNamespace(t=t, labels=labels, ctx_mean=values.mean(1))
-
-    def decode(self, enc, coords, values, chunk_size=None):
-        t = enc.t[:, None, None].double()
-        mu = self.MU[enc.labels][:, None, :].double()
-        s = t * t + (1 - t) ** 2
-        v = mu + (2 * t - 1) / s * (values.double() - t * mu)
-        return v.float()
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 2.0])

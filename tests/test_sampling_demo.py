@@ -11,7 +11,7 @@ import math
 
 import pytest
 import torch
-from test_train import train
+from helpers import train
 
 from inrflow.checkpoints import load_ema_model
 from inrflow.data.demo import DigitsDataset

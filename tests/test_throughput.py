@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from inrflow import memory, perf
 from inrflow.model import get_config
@@ -50,24 +51,13 @@ def test_flops_per_sample_match_the_image_cost_table() -> None:
 
 
 def test_training_logs_throughput_and_mfu(tmp_path) -> None:
-    cfg = TrainConfig(
-        data="digits",
-        size="tiny",
-        resolution=8,
-        channels=1,
-        hflip=False,
+    cfg = tiny_config(
+        tmp_path,
         model=dict(hidden=32, depth=1, heads=2, num_latents=16, encoder_heads=2),
         batch_size=4,
         steps=2,
-        num_queries=16,
-        workers=0,
+        lr=1e-4,
         ckpt_every=0,
-        sample_every=0,
-        log_every=1,
-        tensorboard=False,
-        threads=1,
-        device="cpu",
-        out=str(tmp_path),
         peak_tflops=2.0,
     )
     trainer = Trainer(cfg)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,96 +17,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    REPO,
+    TINY_MODEL,
+    ckpt_steps,
+    copy_run,
+    losses,
+    script_env,
+    tiny_argv,
+    tiny_config,
+    train,
+)
 from PIL import Image
 
-from inrflow.checkpoints import MANIFEST, CheckpointWarning, list_checkpoints
+from inrflow.checkpoints import MANIFEST, CheckpointWarning
 from inrflow.data import DigitsDataset
-from inrflow.data.base import CoordinateDataset
-from inrflow.train import NonFiniteLossError, TrainConfig, Trainer, parse_args
-from inrflow.train.logging import read_metrics
+from inrflow.train import NonFiniteLossError, Trainer, parse_args
 from inrflow.train.trainer import NonFiniteWarning
-
-REPO = Path(__file__).resolve().parents[1]
-
-TINY_MODEL = dict(
-    hidden=32,
-    depth=1,
-    heads=2,
-    num_latents=16,
-    encoder_heads=2,
-    time_freq_dim=32,
-    num_freqs=4,
-    max_log2=3.0,
-    rel_num_freqs=2,
-    rel_max_log2=1.0,
-)
-TINY = dict(
-    data="digits",
-    size="tiny",
-    resolution=8,
-    channels=1,
-    hflip=False,
-    model=TINY_MODEL,
-    batch_size=8,
-    steps=6,
-    num_queries=16,
-    lr=1e-3,
-    workers=0,
-    ckpt_every=3,
-    sample_every=0,
-    log_every=1,
-    tensorboard=False,
-    threads=1,
-    device="cpu",
-)
-
-
-def tiny_config(out: Path, **overrides) -> TrainConfig:
-    fields = {**TINY, "model": dict(TINY_MODEL), "out": str(out), **overrides}
-    return TrainConfig(**fields)
-
-
-def tiny_argv(out: Path, **overrides) -> list[str]:
-    """The command line of :func:`tiny_config` (for subprocess and torchrun runs)."""
-    fields = {**TINY, "out": str(out), **overrides}
-    argv = []
-    for key, value in fields.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
-            argv.append(flag if value else "--no-" + key.replace("_", "-"))
-        elif isinstance(value, dict):
-            argv += [flag, ",".join(f"{k}={v}" for k, v in value.items())]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def train(cfg: TrainConfig, dataset: CoordinateDataset | None = None) -> dict:
-    threads = torch.get_num_threads()
-    trainer = Trainer(cfg, dataset)
-    try:
-        summary = trainer.train()
-        summary["resumed_from"] = trainer.resumed_from
-        return summary
-    finally:
-        trainer.close()
-        torch.set_num_threads(threads)
-
-
-def losses(out: Path) -> list[float]:
-    rows = read_metrics(Path(out) / "metrics.csv")
-    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
-    return [r["loss"] for r in rows]
-
-
-def ckpt_steps(out: Path) -> list[int]:
-    return sorted(s for s, _ in list_checkpoints(Path(out) / "checkpoints"))
-
-
-def script_env() -> dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -369,15 +295,6 @@ def test_sigkill_mid_run_then_resume_reproduces_the_losses(tmp_path, reference) 
 # ------------------------------------------------------------------------------------------------
 # checkpoint integrity
 # ------------------------------------------------------------------------------------------------
-
-
-def copy_run(src: Path, dst: Path, keep_steps: list[int]) -> Path:
-    (dst / "checkpoints").mkdir(parents=True)
-    for step, path in list_checkpoints(src / "checkpoints"):
-        if step in keep_steps:
-            shutil.copytree(path, dst / "checkpoints" / path.name)
-    shutil.copy(src / "metrics.csv", dst / "metrics.csv")
-    return dst
 
 
 def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, reference) -> None:

@@ -10,14 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_train import REPO, copy_run, losses, script_env, tiny_argv, tiny_config, train
+from helpers import (
+    REPO,
+    copy_run,
+    losses,
+    requires_gloo,
+    script_env,
+    tiny_argv,
+    tiny_config,
+    train,
+)
 
 from inrflow.checkpoints import load_ema_model
 
-pytestmark = pytest.mark.skipif(
-    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-    reason="needs torch.distributed with gloo",
-)
+pytestmark = requires_gloo
 
 RTOL = 1e-4
 

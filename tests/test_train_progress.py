@@ -69,7 +69,7 @@ def test_class_picture_rows_and_errors(tmp_path) -> None:
 
 
 def test_a_shapes_run_logs_time_bands_scores_and_writes_the_picture(tmp_path) -> None:
-    from tests.test_train import TINY_MODEL, tiny_config, train
+    from helpers import TINY_MODEL, tiny_config, train
 
     model = {k: TINY_MODEL[k] for k in ("hidden", "depth", "heads", "encoder_heads")}
     cfg = tiny_config(

@@ -22,59 +22,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from inrflow.checkpoints import load_checkpoint_model
-from inrflow.cli.options import add_solver_arguments, check_solver_arguments, solver_options
-from inrflow.generation import image_shape, sample_from_model
+from inrflow.cli.options import (
+    add_checkpoint_argument,
+    add_sample_arguments,
+    add_solver_arguments,
+    check_sampling_arguments,
+    load_sampling_model,
+    resolve_device,
+    solver_options,
+)
+from inrflow.cli.upsampling import compare_upsampling, format_comparison
+from inrflow.generation import sample_from_model
 from inrflow.metrics.images import load_images
 from inrflow.metrics.inception import WEIGHTS_ENV
-from inrflow.metrics.io import load_labels, load_point_clouds
+from inrflow.metrics.io import (
+    check_labels,
+    detect_kind,
+    load_labels,
+    load_point_clouds,
+    load_samples,
+)
 
-__all__ = ["build_parser", "compare_upsampling", "evaluate", "main"]
+__all__ = ["build_parser", "evaluate", "main"]
 
 KINDS = ("auto", "image", "pointcloud", "digits")
-
-
-def _detect_kind(x: torch.Tensor) -> str:
-    return "pointcloud" if x.dim() == 3 and x.shape[-1] == 3 and x.shape[1] > 4 else "image"
-
-
-def _guess_kind(path: Path) -> str:
-    """``pointcloud`` or ``image`` from what a samples path holds."""
-    from inrflow.metrics.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_array_file
-
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    suffixes = {f.suffix.lower() for f in files}
-    if ".ply" in suffixes:
-        return "pointcloud"
-    if suffixes & set(IMAGE_SUFFIXES):
-        return "image"
-    arrays = [f for f in files if f.suffix.lower() in ARRAY_SUFFIXES]
-    if not arrays:
-        raise FileNotFoundError(f"{path}: no samples (images, .ply or array files) found")
-    first = load_array_file(arrays[0])
-    if path.is_dir():  # one item per file: a cloud is [P, 3], an image [H, W(, C)] or [C, H, W]
-        return "pointcloud" if first.dim() == 2 and first.shape[-1] == 3 else "image"
-    return _detect_kind(first)
-
-
-def _load_samples(path: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Samples, their labels when stored beside them (``labels`` in the .npz/.pt), the kind."""
-    if not path.exists():
-        raise FileNotFoundError(f"samples not found: {path}")
-    labels = None
-    suffix = path.suffix.lower()
-    if path.is_file() and suffix == ".npz":
-        with np.load(path, allow_pickle=False) as npz:
-            if "labels" in npz.files:
-                labels = torch.as_tensor(np.asarray(npz["labels"]).astype(np.int64))
-    elif path.is_file() and suffix in (".pt", ".pth"):
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-        if isinstance(obj, dict) and "labels" in obj:
-            labels = torch.as_tensor(obj["labels"]).long()
-    data_kind = _guess_kind(path) if kind == "auto" else kind
-    if data_kind == "pointcloud":
-        return load_point_clouds(path), labels, data_kind
-    return load_images(path), labels, data_kind
+DEFAULT_NUM = 500  # samples generated from a checkpoint unless --num says otherwise
 
 
 def reference_bits_per_dim(
@@ -138,163 +110,20 @@ def reference_bits_per_dim(
     }
 
 
-def _check_labels(labels: torch.Tensor, num_classes: int, num_samples: int) -> None:
-    """Labels must name a class of the classifier, one per sample: an out-of-range label would
-    be scored as a miss (or, negative, silently as another class) instead of being reported."""
-    if labels.numel() != num_samples:
-        raise ValueError(f"{num_samples} samples but {labels.numel()} labels")
-    bad = labels[(labels < 0) | (labels >= num_classes)]
-    if bad.numel():
-        shown = ", ".join(str(int(v)) for v in bad.unique()[:5])
-        raise ValueError(
-            f"labels must be classes 0..{num_classes - 1}; {bad.numel()} are not ({shown})"
-        )
-
-
-UPSAMPLING_ROWS = ("native", "native, per-query noise", "bicubic", "bilinear")
-
-
-def compare_upsampling(args: argparse.Namespace) -> dict[str, Any]:
-    """The paper's Tab. 5 on a checkpoint: images sampled directly at ``--resolution`` against
-    bicubic and bilinear upsampling of the same model's training-resolution samples (same seed,
-    same labels), each scored at the high resolution.
-
-    Rows: ``native`` (the default any-resolution path: the fine grid joins the
-    training-resolution context late), ``native, per-query noise`` (the paper's scheme), and the
-    two upsamplings. Digits get the classifier figures at the high resolution (accuracy,
-    Fréchet distance against real digits upsampled to it, within-class diversity); other images
-    get FD/KID against ``--ref``. Every row also gets the speckle figure
-    (:func:`~inrflow.metrics.images.upsampling_residual` over the training resolution).
-    """
-    from inrflow.metrics.images import upsampling_residual
-
-    t0 = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if not args.checkpoint or not args.resolution:
-        raise ValueError("--compare-upsampling needs --checkpoint and --resolution")
-    model, meta = load_checkpoint_model(args.checkpoint, device)
-    if model.config.coords_are_values:
-        raise ValueError("--compare-upsampling is for image checkpoints")
-    train_hw, hw = image_shape(meta), image_shape(meta, args.resolution)
-    if hw[0] < train_hw[0] or hw[1] < train_hw[1]:
-        raise ValueError(f"--resolution {hw} must not be below the training resolution {train_hw}")
-    digits = args.ref in (None, "digits") and str(meta.get("dataset", "")).lower() == "digits"
-    if not digits and not args.ref:
-        raise ValueError("--compare-upsampling of non-digits images needs --ref")
-    kw = dict(
-        solver_options(args),  # the same sampler for every row; each row says how it starts
-        cfg_scale=args.cfg_scale,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
-    kw.pop("resolution_mode")
-    low, labels = sample_from_model(model, meta, args.num_samples, resolution=train_hw, **kw)
-    rows: dict[str, torch.Tensor] = {
-        "native": sample_from_model(model, meta, args.num_samples, resolution=hw, **kw)[0],
-        "native, per-query noise": sample_from_model(
-            model, meta, args.num_samples, resolution=hw, resolution_mode="noise", **kw
-        )[0],
-    }
-    for mode in ("bicubic", "bilinear"):
-        up = torch.nn.functional.interpolate(low, size=hw, mode=mode, align_corners=False)
-        rows[mode] = up.clamp(-1.0, 1.0)
-    table: dict[str, dict[str, Any]] = {}
-    for name, x in rows.items():
-        if digits:
-            from inrflow.metrics.digits import digits_metrics, within_class_diversity
-
-            size = min(min(hw), 32)
-            m = digits_metrics(x, labels, value_range=(-1.0, 1.0), size=size)
-            row = {"FD-digits": m["FD-digits"], "KID-digits": m["KID-digits"]}
-            if labels is not None:
-                row["accuracy"] = m["digits-accuracy"]
-                row["diversity"] = within_class_diversity(x, labels, value_range=(-1.0, 1.0))
-        else:
-            from inrflow.metrics.images import compute_image_metrics
-
-            m = compute_image_metrics(
-                x,
-                args.ref,
-                weights=args.inception_weights,
-                seed=args.rfid_seed,
-                metrics=("fd", "kid"),
-                batch_size=args.batch_size,
-                value_range=(-1.0, 1.0),
-                ref_value_range=tuple(args.ref_value_range) if args.ref_value_range else None,
-                device=device,
-                progress=not args.no_progress,
-            )
-            row = {k: v for k, v in m.items() if isinstance(v, float)}
-        row["speckle"] = upsampling_residual(x, train_hw, value_range=(-1.0, 1.0))
-        table[name] = row
-    picture = _comparison_picture(low, rows, hw, Path(args.out).with_suffix(".png"))
-    settings = {
-        "checkpoint": args.checkpoint,
-        "training_resolution": list(train_hw),
-        "resolution": list(hw),
-        "reference": "real digits upsampled (bicubic)" if digits else args.ref,
-        "classifier_size": min(min(hw), 32) if digits else None,
-        **{k: v for k, v in kw.items() if k != "progress"},
-        "num_samples": args.num_samples,
-    }
-    return {
-        "comparison": table,
-        "picture": str(picture),
-        "settings": settings,
-        "wall_time_s": round(time.perf_counter() - t0, 3),
-    }
-
-
-def _comparison_picture(
-    low: torch.Tensor, rows: dict[str, torch.Tensor], hw: Sequence[int], path: Path
-) -> Path:
-    """One PNG row per way of reaching ``hw`` (the first 10 samples each), below the
-    training-resolution samples themselves (nearest upsampling)."""
-    from inrflow.data.io import save_image_grid
-
-    k = min(10, low.shape[0])
-    nearest = torch.nn.functional.interpolate(low[:k], size=tuple(hw), mode="nearest")
-    stack = torch.cat([nearest, *(x[:k] for x in rows.values())])  # [R*k, C, H, W]
-    values = stack.flatten(2).transpose(1, 2)  # [R*k, H*W, C]
-    return save_image_grid(values, hw, path, nrow=k, scale=max(1, 64 // max(hw)))
-
-
-def format_comparison(report: dict[str, Any]) -> str:
-    """The upsampling comparison as a table: one row per way of reaching the resolution."""
-    table = report["comparison"]
-    cols = list(dict.fromkeys(k for row in table.values() for k in row))
-    width = max(len(n) for n in table)
-    head = f"{'':<{width}}  " + "  ".join(f"{c:>10}" for c in cols)
-    lines = [head, "-" * len(head)]
-    for name, row in table.items():
-        cells = [f"{row[c]:>10.4g}" if c in row else f"{'-':>10}" for c in cols]
-        lines.append(f"{name:<{width}}  " + "  ".join(cells))
-    s = report["settings"]
-    lines.append(f"\npicture (rows: training resolution, then the rows above): {report['picture']}")
-    lines.append(
-        f"{s['resolution'][0]}x{s['resolution'][1]} from a model trained at "
-        f"{s['training_resolution'][0]}x{s['training_resolution'][1]}; reference: "
-        f"{s['reference']}; {s['num_samples']} samples, {s['method']} {s['steps']} steps, "
-        f"CFG {s['cfg_scale']}"
-    )
-    return "\n".join(lines)
-
-
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     """Run one evaluation from parsed arguments; returns the report (also written as JSON)."""
     t0 = time.perf_counter()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(resolve_device(args.device))
     progress = not args.no_progress
     labels: torch.Tensor | None = None
     meta: dict[str, Any] = {}
     stats = None
-    if args.checkpoint:
+    if args.ckpt:
         from inrflow.sampling import SolverStats
 
         stats = SolverStats()
-        model, meta = load_checkpoint_model(args.checkpoint, device)
-    if args.checkpoint and args.num_samples == 0:  # likelihood only
+        model, meta = load_sampling_model(args, device)
+    if args.ckpt and args.num == 0:  # likelihood only
         report_bpd = reference_bits_per_dim(model, args, device)
         settings = {"kind": "likelihood", "samples": None, "reference": args.ref or "digits"}
         return {
@@ -303,11 +132,11 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             "environment": {"torch": torch.__version__, "device": str(device)},
             "wall_time_s": round(time.perf_counter() - t0, 3),
         }
-    if args.checkpoint:
+    if args.ckpt:
         samples, labels = sample_from_model(
             model,
             meta,
-            args.num_samples,
+            args.num,
             cfg_scale=args.cfg_scale,
             batch_size=args.batch_size,
             seed=args.seed,
@@ -317,7 +146,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             stats=stats,
             **solver_options(args),
         )
-        source = f"checkpoint {args.checkpoint}"
+        source = f"checkpoint {args.ckpt}"
         if args.save_samples:
             out = Path(args.save_samples)
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -326,12 +155,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 arrays["labels"] = labels.numpy()
             np.savez(out, **arrays)
     else:
-        samples, labels, data_kind = _load_samples(Path(args.samples), args.kind)
+        samples, labels, data_kind = load_samples(Path(args.samples), args.kind)
         meta.setdefault("domain", data_kind)
         source = str(args.samples)
-        if args.num_samples:
-            samples = samples[: args.num_samples]
-            labels = labels[: args.num_samples] if labels is not None else None
+        if args.num:
+            samples = samples[: args.num]
+            labels = labels[: args.num] if labels is not None else None
     if args.labels:
         labels = load_labels(args.labels)[: samples.shape[0]]
     if samples.is_floating_point():
@@ -345,10 +174,10 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             kind = "digits"
         else:
             kind = meta.get("domain") if meta.get("domain") in ("image", "pointcloud") else None
-            kind = kind or _detect_kind(samples)
+            kind = kind or detect_kind(samples)
     settings: dict[str, Any] = {"kind": kind, "samples": source, "reference": args.ref}
     vr = tuple(args.value_range) if args.value_range else None
-    if args.checkpoint and vr is None and kind in ("image", "digits"):
+    if args.ckpt and vr is None and kind in ("image", "digits"):
         vr = (-1.0, 1.0)  # inrflow image values
     rvr = tuple(args.ref_value_range) if args.ref_value_range else None
 
@@ -359,7 +188,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         refs = None if args.ref in (None, "digits") else load_images(args.ref)
         if labels is not None:
-            _check_labels(labels, 10, samples.shape[0])
+            check_labels(labels, 10, samples.shape[0])
         metrics = digits_metrics(samples, labels, refs=refs, value_range=vr, ref_value_range=rvr)
         if args.metrics:  # Inception-family numbers as well, on request
             from inrflow.metrics.images import compute_image_metrics
@@ -414,7 +243,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     else:
         raise SystemExit(f"evaluate.py: unknown kind {kind!r}")
 
-    if args.checkpoint and args.bpd:
+    if args.ckpt and args.bpd:
         metrics.update(reference_bits_per_dim(model, args, device))
     report = {
         "metrics": metrics,
@@ -426,7 +255,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         },
         "wall_time_s": round(time.perf_counter() - t0, 3),
     }
-    if args.checkpoint:
+    if args.ckpt:
         settings.update(
             steps=args.steps,
             method=args.method,
@@ -437,7 +266,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             nfe_per_batch=stats.nfe_per_call,
             nfe_total=stats.nfe,
             cfg_scale=args.cfg_scale,
-            num_samples=args.num_samples,
+            num_samples=args.num,
             seed=args.seed,
         )
     return report
@@ -480,7 +309,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder or file of samples (images: PNG/BMP/..., or "
         ".npy/.npz/.pt arrays; point clouds: .ply or arrays [N, P, 3])",
     )
-    src.add_argument("--checkpoint", help="a trained checkpoint: samples are generated first")
+    add_checkpoint_argument(
+        src,
+        required=False,
+        help="a checkpoint to sample first: a checkpoint folder (step_*), a run folder (its "
+        "newest valid checkpoint), a folder exported by python -m inrflow.export, or a plain "
+        "torch checkpoint file",
+    )
     p.add_argument(
         "--ref", help="reference set (folder or file), or 'digits' for the bundled real digits"
     )
@@ -491,15 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
         "or .pt of samples may hold them under 'labels'",
     )
     p.add_argument("--out", default="eval_report.json", help="where to write the JSON report")
-    p.add_argument(
-        "--device", choices=("cpu", "cuda"), default=None, help="default: cuda when available"
-    )
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument(
-        "--num-samples",
-        type=int,
-        default=None,
-        help="samples to generate (checkpoint) or to use (folder); default all / 500",
+    add_sample_arguments(
+        p,
+        num_default=None,
+        num_help=f"samples to generate (--ckpt; default {DEFAULT_NUM}) or to use (--samples; "
+        "default all)",
     )
     p.add_argument(
         "--value-range",
@@ -508,7 +339,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("LO", "HI"),
         help="value range of image samples (default: inferred; [-1, 1] for a checkpoint)",
     )
-    p.add_argument("--ref-value-range", type=float, nargs=2, metavar=("LO", "HI"))
+    p.add_argument(
+        "--ref-value-range",
+        type=float,
+        nargs=2,
+        metavar=("LO", "HI"),
+        help="value range of the reference images (default: inferred)",
+    )
     g = p.add_argument_group("image metrics")
     g.add_argument(
         "--metrics",
@@ -523,41 +360,51 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"FID Inception weights file (default ${WEIGHTS_ENV}); without it the "
         "numbers are rFID",
     )
-    g.add_argument("--rfid-seed", type=int, default=0)
+    g.add_argument("--rfid-seed", type=int, default=0, help="seed of the random Inception of rFID")
     g = p.add_argument_group("point-cloud metrics")
-    g.add_argument("--emd", choices=("auto", "exact", "auction", "none"), default="auto")
-    g.add_argument("--cd-backend", choices=("auto", "kdtree", "matmul", "ops"), default="auto")
+    g.add_argument(
+        "--emd",
+        choices=("auto", "exact", "auction", "none"),
+        default="auto",
+        help="Earth mover's distance: exact (Hungarian), auction (approximate), none (skip); "
+        "auto picks by set size",
+    )
+    g.add_argument(
+        "--cd-backend",
+        choices=("auto", "kdtree", "matmul", "ops"),
+        default="auto",
+        help="how the Chamfer distances are computed",
+    )
     g.add_argument(
         "--normalize",
         choices=("none", "bbox", "unit_sphere"),
         default="none",
         help="per-shape normalisation of both sets (bbox: the LION protocol)",
     )
-    g = p.add_argument_group("sampling (with --checkpoint)")
-    add_solver_arguments(g, default_steps=100)
-    g.add_argument("--cfg-scale", type=float, default=1.0)
-    g.add_argument(
-        "--resolution", type=int, nargs="+", default=None, help="image size: one side or H W"
-    )
+    g = p.add_argument_group("sampling (with --ckpt)")
+    add_solver_arguments(g)
     g.add_argument(
         "--compare-upsampling",
         action="store_true",
         help="the paper's Tab. 5: sample at --resolution directly (both modes) and compare "
         "with bicubic/bilinear upsampling of training-resolution samples",
     )
-    g.add_argument("--points", type=int, default=None, help="points per generated cloud")
-    g.add_argument("--seed", type=int, default=0)
     g.add_argument("--save-samples", default=None, help="also save generated samples (.npz)")
-    g = p.add_argument_group("likelihood (with --checkpoint)")
+    g = p.add_argument_group("likelihood (with --ckpt)")
     g.add_argument(
         "--bpd",
         type=int,
         default=0,
         metavar="N",
         help="also report the bits per dimension of the first N reference items under the "
-        "model (values in the model's range; --num-samples 0: only this)",
+        "model (values in the model's range; --num 0: only this)",
     )
-    g.add_argument("--bpd-method", choices=("dopri5", "heun", "euler"), default="dopri5")
+    g.add_argument(
+        "--bpd-method",
+        choices=("dopri5", "heun", "euler"),
+        default="dopri5",
+        help="ODE solver of the likelihood",
+    )
     g.add_argument("--bpd-steps", type=int, default=50, help="steps of heun/euler")
     g.add_argument("--bpd-tol", type=float, default=1e-5, help="dopri5 atol = rtol")
     g.add_argument(
@@ -574,37 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.checkpoint and args.num_samples is None:
-        args.num_samples = 500
-    if args.bpd < 0 or (args.bpd and not args.checkpoint):
-        print("evaluate.py: error: --bpd N needs --checkpoint and N >= 0", file=sys.stderr)
+    if args.ckpt and args.num is None:
+        args.num = DEFAULT_NUM
+    if args.bpd < 0 or (args.bpd and not args.ckpt):
+        print("evaluate.py: error: --bpd N needs --ckpt and N >= 0", file=sys.stderr)
         return 2
-    for flag, value in (
-        ("--num-samples", args.num_samples),
-        ("--batch-size", args.batch_size),
-        ("--steps", args.steps),
-        ("--points", args.points),
-    ):
-        if flag == "--num-samples" and value == 0 and args.bpd:
-            continue  # the likelihood only
-        if value is not None and value < 1:
-            print(f"evaluate.py: error: {flag} must be >= 1, got {value}", file=sys.stderr)
-            return 2
-    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
-        print("evaluate.py: error: --resolution takes one side or H W, each >= 1", file=sys.stderr)
-        return 2
-    if not math.isfinite(args.cfg_scale):
-        msg = f"evaluate.py: error: --cfg-scale must be finite, got {args.cfg_scale}"
-        print(msg, file=sys.stderr)
+    if (err := check_sampling_arguments(args, allow_zero_num=bool(args.bpd))) is not None:
+        print(f"evaluate.py: error: {err}", file=sys.stderr)
         return 2
     for flag, path in (("--out", args.out), ("--save-samples", args.save_samples)):
         if path is not None and Path(path).is_dir():
             msg = f"evaluate.py: error: {flag} {path} is a folder; give a file name"
             print(msg, file=sys.stderr)
             return 2
-    if args.checkpoint and (err := check_solver_arguments(args)) is not None:
-        print(f"evaluate.py: error: {err}", file=sys.stderr)
-        return 2
     try:
         report = compare_upsampling(args) if args.compare_upsampling else evaluate(args)
     except (FileNotFoundError, ValueError, ImportError) as exc:

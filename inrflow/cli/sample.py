@@ -19,7 +19,6 @@ scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,11 +26,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from inrflow.checkpoints import load_model
+from inrflow.checkpoints import load_checkpoint_model, stored_dataset_info
 from inrflow.cli.options import (
+    add_checkpoint_argument,
+    add_sample_arguments,
     add_solver_arguments,
-    check_solver_arguments,
-    solver_description,
+    apply_run_defaults,
+    check_sampling_arguments,
+    resolve_device,
+    settings_line,
     solver_options,
 )
 from inrflow.data.io import save_image_grid, save_ply
@@ -48,7 +51,7 @@ examples:
   python sample.py --ckpt runs/digits --num 100 --cfg-scale 3 --out digits.png
   python sample.py --ckpt runs/digits --resolution 32 --labels 3,3,3,7 --out big.png
   python sample.py --ckpt runs/digits --resolution 16 32 --out wide.png
-  python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --num-points 4096 --out clouds/
+  python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --points 4096 --out clouds/
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
   python sample.py --ckpt runs/protein --structures my_pdbs/ --out predicted/
@@ -61,40 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument(
-        "--ckpt",
+    add_checkpoint_argument(
+        p,
         required=True,
-        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), or a "
-        "folder exported by python -m inrflow.export",
+        help="a checkpoint folder (step_*), a run folder (its newest valid checkpoint), a "
+        "folder exported by python -m inrflow.export, or a plain torch checkpoint file",
     )
-    p.add_argument("--num", type=int, default=16, help="number of samples (default 16)")
+    add_sample_arguments(p, num_default=16, num_help="number of samples (default 16)")
+    add_solver_arguments(p)
     p.add_argument(
         "--labels",
         default=None,
         help="class labels, cycled: '3,7', 'all' (0,1,2,... the default for "
         "class-conditional models) or 'none' (unconditional)",
-    )
-    p.add_argument(
-        "--cfg-scale",
-        type=float,
-        default=None,
-        help="classifier-free guidance scale (default: the training run's)",
-    )
-    add_solver_arguments(p, default_steps=50)
-    p.add_argument(
-        "--resolution",
-        type=int,
-        nargs="+",
-        default=None,
-        metavar="N",
-        help="output size in pixels, any size: one side (square) or H W "
-        "(default: the training resolution)",
-    )
-    p.add_argument(
-        "--num-points",
-        type=int,
-        default=None,
-        help="points per cloud, any number (default: the training count)",
     )
     p.add_argument(
         "--cond",
@@ -108,15 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="proteins: PDB/mmCIF file or folder (or 'proteins') to predict; default: the "
         "training run's held-out chains",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of all noise (default 0)")
-    p.add_argument("--batch-size", type=int, default=64, help="samples per batch (default 64)")
     p.add_argument(
         "--chunk-size",
         type=int,
         default=1 << 16,
         help="query points per decoder pass, bounds memory (default 65536)",
     )
-    p.add_argument("--device", default="auto", help="cpu|cuda|auto (default auto)")
     p.add_argument(
         "--out",
         default=None,
@@ -133,30 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.num < 1 or args.batch_size < 1:
-        raise SystemExit("sample.py: --num and --batch-size must be >= 1")
-    if (err := check_solver_arguments(args)) is not None:
+    device = resolve_device(args.device)
+    if (err := check_sampling_arguments(args)) is not None:
         raise SystemExit(f"sample.py: {err}")
-    if args.resolution is not None and (len(args.resolution) > 2 or min(args.resolution) < 1):
-        raise SystemExit("sample.py: --resolution takes one side or H W, each >= 1")
-    if args.num_points is not None and args.num_points < 1:
-        raise SystemExit("sample.py: --num-points must be >= 1")
     if args.chunk_size < 1:
         raise SystemExit(f"sample.py: --chunk-size must be >= 1, got {args.chunk_size}")
-    if args.cfg_scale is not None and not math.isfinite(args.cfg_scale):
-        raise SystemExit(f"sample.py: --cfg-scale must be a finite number, got {args.cfg_scale}")
     resolution = tuple(args.resolution) if args.resolution is not None else None
     try:
-        model, meta, ckpt = load_model(args.ckpt, device, checksums=not args.no_checksums)
+        model, meta = load_checkpoint_model(args.ckpt, device, checksums=not args.no_checksums)
     except (FileNotFoundError, ValueError) as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    info = meta["dataset"]
+    info, ckpt = stored_dataset_info(meta), meta["checkpoint"]
+    filled = apply_run_defaults(args, meta.get("train_config", {}))
     if info["domain"] == "protein":
         _check_output(args.out, folder=True, flag="--out")
-        return _sample_proteins(args, model, meta, ckpt)
+        return _sample_proteins(args, model, meta)
     _check_output(args.out, folder=info["domain"] != "image", flag="--out")
     _check_output(args.npz, folder=False, flag="--npz")
     try:
@@ -168,15 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             cond = load_condition(args.cond, model.config.cond_dim)
     except ValueError as exc:
         raise SystemExit(f"sample.py: {exc}") from None
-    cfg_scale = args.cfg_scale
-    if cfg_scale is None:
-        cfg_scale = float(meta.get("train_config", {}).get("cfg_scale", 1.0))
-    print(
-        f"[inrflow] {ckpt} (step {meta['step']}), {args.num} samples, "
-        f"{solver_description(args)}, CFG "
-        f"{cfg_scale if labels is not None or cond is not None else 'off'}",
-        flush=True,
-    )
+    guided = labels is not None or cond is not None
+    print(settings_line(args, str(ckpt), meta["step"], args.num, guided, filled), flush=True)
     stats = SolverStats()
     out = generate(
         model,
@@ -184,9 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         args.num,
         labels=labels,
         cond=cond,
-        cfg_scale=cfg_scale,
+        cfg_scale=args.cfg_scale,
         resolution=resolution,
-        num_points=args.num_points,
+        num_points=args.points,
         seed=args.seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
@@ -239,13 +202,13 @@ def _check_output(path: str | None, folder: bool, flag: str) -> None:
         raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
 
 
-def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt: Any) -> int:
+def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict[str, Any]) -> int:
     import json
 
     from inrflow.data.proteins import ProteinDataset
     from inrflow.domains.folding import evaluate_structures
 
-    info, train = meta["dataset"], meta.get("train_config", {})
+    info, train = stored_dataset_info(meta), meta.get("train_config", {})
     source = args.structures or train.get("data", "proteins")
     split = "all" if args.structures else "test"
     try:
@@ -265,7 +228,10 @@ def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict, ckpt:
             f"takes {model.config.coord_dim}"
         )
     out = Path(args.out or "predicted")
-    print(f"[inrflow] {ckpt} (step {meta['step']}): {len(ds)} chains from {source}", flush=True)
+    print(
+        f"[inrflow] {meta['checkpoint']} (step {meta['step']}): {len(ds)} chains from {source}",
+        flush=True,
+    )
     stats = SolverStats()
     scores = evaluate_structures(
         model,

@@ -1,6 +1,9 @@
 """Evaluation metrics: FID family, digits classifier metrics, point-cloud metrics
 (MMD / COV / 1-NNA with Chamfer and EMD), and Cα structure metrics (lDDT, TM-score).
 
+A pure library: it scores tensors and files of samples; loading checkpoints and the ``evaluate.py``
+application are :mod:`inrflow.checkpoints` and :mod:`inrflow.cli.evaluate`.
+
 Modules import their optional dependencies (scipy, scikit-learn, Pillow: the ``[eval]`` extra)
 only when a function needs them.
 """

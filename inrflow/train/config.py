@@ -17,6 +17,16 @@ from typing import Any
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "parse_args"]
 
 
+# Options whose command-line name is not the field name: the name the sampling and evaluation
+# CLIs use for the same thing (``--points``). The field name stays what checkpoints store.
+FLAGS = {"num_points": "--points"}
+
+
+def flag(name: str) -> str:
+    """The command-line option of :class:`TrainConfig` field ``name``."""
+    return FLAGS.get(name, "--" + name.replace("_", "-"))
+
+
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
@@ -211,10 +221,10 @@ class TrainConfig:
         for name in ("num_queries", "num_context", "resolution", "num_points", "max_residues"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                bad(f"--{name.replace('_', '-')} must be >= 1, got {v}")
+                bad(f"{flag(name)} must be >= 1, got {v}")
         for name in ("ckpt_every", "sample_every", "final_samples", "workers", "warmup_steps"):
             if getattr(self, name) < 0:
-                bad(f"--{name.replace('_', '-')} must be >= 0")
+                bad(f"{flag(name)} must be >= 0")
         if self.profile_wait < 0 or self.profile_steps < 1:
             bad("--profile-wait must be >= 0 and --profile-steps >= 1")
         if self.profile_trace not in ("auto", "on", "off"):
@@ -456,21 +466,24 @@ def build_parser(prog: str = "train.py", description: str | None = None) -> argp
     )
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
         tp = hints[f.name]
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {_show(default)})"
+        kind: dict[str, Any]
         if tp is bool or _optional_of(tp) is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, help=help_text)
+            kind = dict(action=argparse.BooleanOptionalAction)
         elif f.name == "model":
-            parser.add_argument(flag, type=_parse_overrides, metavar="K=V,...", help=help_text)
+            kind = dict(type=_parse_overrides, metavar="K=V,...")
         elif f.name == "betas":
-            parser.add_argument(flag, type=_parse_floats, metavar="B1,B2", help=help_text)
+            kind = dict(type=_parse_floats, metavar="B1,B2")
         elif _optional_of(tp) is int:
-            parser.add_argument(flag, type=_parse_optional_int, metavar="N|none", help=help_text)
+            kind = dict(type=_parse_optional_int, metavar="N|none")
         else:
-            base = _optional_of(tp) or tp
-            parser.add_argument(flag, type=base, metavar=f.name.upper(), help=help_text)
+            kind = dict(type=_optional_of(tp) or tp, metavar=f.name.upper())
+        help_text = f"{f.metadata['help']} (default: {_show(default)})"
+        parser.add_argument(flag(f.name), dest=f.name, help=help_text, **kind)
+        own = "--" + f.name.replace("_", "-")
+        if flag(f.name) != own:  # the field's own spelling still works, unlisted
+            parser.add_argument(own, dest=f.name, help=argparse.SUPPRESS, **kind)
     return parser
 
 

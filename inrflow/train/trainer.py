@@ -33,7 +33,7 @@ from .config import TrainConfig
 from .distributed import Dist, init_distributed, usable_cpus
 from .logging import MetricLogger, plot_loss, run_logger
 from .optim import EMA, build_optimizer, lr_at
-from .profiler import ProfileWindow, phase_range, profile_window
+from .profile_window import ProfileWindow, phase_range, profile_window
 from .progress import TimeBucketLoss, append_progress
 from .run_folder import RunLock, open_run_folder, write_run_config
 from .samples import EMAModel
