@@ -139,7 +139,11 @@ def build_extensions() -> tuple[list, dict]:
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     py_limited_api = True  # torch >= 2.6: one abi3 wheel per torch version
-    sources = [str(CSRC / "ops.cpp"), *sorted(glob.glob(str(CSRC / "cpu" / "*.cpp")))]
+    # csrc/*.cpp: the schemas (ops.cpp) and the device-neutral argument checks (checks.cpp).
+    sources = [
+        *sorted(glob.glob(str(CSRC / "*.cpp"))),
+        *sorted(glob.glob(str(CSRC / "cpu" / "*.cpp"))),
+    ]
     include_dirs = [str(CSRC / "include")]
     debug = os.environ.get("INRFLOW_DEBUG", "0") == "1"
     opt = ["-O0", "-g"] if debug else ["-O3"]

@@ -48,8 +48,8 @@ _C: ModuleType | None = None
 _load_error: str | None = None
 _warned = False
 _kernel_cache: dict[tuple[str, str], bool] = {}
-# Ops whose Python-side registrations (autograd, fake) are done; lives here, not in the op
-# modules, so that reloading an op module does not register twice.
+# Ops whose Python-side registrations (autograd, fake, FLOPs: inrflow.ops._registry.register_op)
+# are done; lives here, not in the registry module, so that reloading it does not register twice.
 registered_ops: set[str] = set()
 
 

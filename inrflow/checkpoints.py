@@ -172,8 +172,7 @@ def load_ema_model(
     """
     ckpt = find_checkpoint(path, checksums)
     meta = read_manifest(ckpt)
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["model_config"].items()}
-    model = INRFlow(INRFlowConfig(**fields))
+    model = INRFlow(INRFlowConfig.from_dict(meta["model_config"]))
     state = {"ema": {n: p.detach() for n, p in model.named_parameters()}}
     no_dist = not (dist.is_available() and dist.is_initialized())
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": yes

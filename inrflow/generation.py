@@ -156,7 +156,8 @@ def generate(
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
     train_shape = tuple(info.get("shape") or ())
-    is_image = info.get("domain", "image") == "image"
+    # a grid of coordinates (images), or points that are their own coordinates (point clouds)
+    is_image = not cfg.coords_are_values
     if is_image:
         hw = image_shape(info, resolution)
         train_hw = tuple(train_shape[:2]) or hw

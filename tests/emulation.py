@@ -1,9 +1,9 @@
 """Build and load CUDA kernel sources for the CPU SIMT emulator (test-only).
 
-The unchanged ``csrc/kernels/*.cu`` files are compiled by g++ with ``csrc/simt/prelude.h``
-force-included and linked with ``csrc/simt/runtime.cpp`` into a shared library that tests call
+The unchanged ``csrc/kernels/*.cu`` files are compiled by g++ with ``tests/simt/prelude.h``
+force-included and linked with ``tests/simt/runtime.cpp`` into a shared library that tests call
 through ctypes. Each CUDA thread runs as a fiber, so ``__syncthreads`` and warp shuffles are real
-rendezvous points; ``csrc/simt/README.md`` says how the emulation works.
+rendezvous points; ``tests/simt/README.md`` says how the emulation works.
 
 Typical use::
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SIMT_DIR = REPO_ROOT / "csrc" / "simt"
+SIMT_DIR = REPO_ROOT / "tests" / "simt"
 PRELUDE = SIMT_DIR / "prelude.h"
 RUNTIME = SIMT_DIR / "runtime.cpp"
 INCLUDE_DIR = REPO_ROOT / "csrc" / "include"
@@ -224,7 +224,7 @@ def _compiler_id(cxx: str) -> str:
 
 
 def _header_files(sources: Sequence[Path]) -> list[Path]:
-    """Files whose edits must rebuild: csrc/include, csrc/simt and headers next to the sources."""
+    """Files whose edits must rebuild: csrc/include, tests/simt and headers next to the sources."""
     files: set[Path] = set()
     for d in {INCLUDE_DIR, SIMT_DIR, *(s.parent for s in sources)}:
         if d.is_dir():
@@ -251,7 +251,7 @@ def emulated_library_path(
 ) -> Path:
     """Cache location of the library that :func:`build_emulated` makes from these inputs.
 
-    The key hashes the sources, every header under csrc/include and csrc/simt (and next to the
+    The key hashes the sources, every header under csrc/include and tests/simt (and next to the
     sources), runtime.cpp, the flags, the CUDA include directory and the compiler version.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
@@ -375,7 +375,7 @@ def build_emulated(
     """Compile CUDA sources for the CPU emulator into a cached shared library and load it.
 
     Relative source paths are taken from the repository root. Edits to the sources, to the
-    headers under csrc/include and csrc/simt or to the flags rebuild (see
+    headers under csrc/include and tests/simt or to the flags rebuild (see
     :func:`emulated_library_path`); concurrent pytest processes publish by atomic rename.
     Raises EmulatorBuildError, with g++'s messages, when compiling or linking fails.
     """

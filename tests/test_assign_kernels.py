@@ -17,11 +17,13 @@ from __future__ import annotations
 import ctypes
 import itertools
 
+import op_samples
 import pytest
 import torch
 from emulation import SCHEDULES, build_emulated, requires_emulator
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from op_samples import Sample, grid_cases, grid_points, rand, tie_points
 
 import inrflow.ops as ops
 from inrflow.ops import reference as ref
@@ -58,15 +60,16 @@ def layout_op(assign: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]
     return torch.ops.inrflow.group_layout.default(assign, k)
 
 
-def tie_points(shape: tuple[int, ...], dtype: torch.dtype, seed: int) -> torch.Tensor:
-    """Small-integer coordinates: many exactly equal distances (ties) and duplicate points."""
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(-2, 3, shape, generator=g).to(dtype)
+NEAREST = op_samples.nearest_assign()
+GRID = op_samples.grid_assign()
+LAYOUT = op_samples.group_layout()
 
 
-def rand(shape: tuple[int, ...], dtype: torch.dtype, seed: int, scale: float = 1.0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+def check_nearest(sample: Sample, out: torch.Tensor) -> None:
+    points, centers = sample.args
+    assert torch.equal(out, ref.nearest_assign(points, centers))
+    if "first_copy_below" in sample.meta:
+        assert (out < sample.meta["first_copy_below"]).all()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -74,20 +77,9 @@ def rand(shape: tuple[int, ...], dtype: torch.dtype, seed: int, scale: float = 1
 
 
 @requires_extension
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("d", range(1, MAX_DIM + 1))
-def test_cpu_nearest_matches_reference(dtype: torch.dtype, d: int) -> None:
-    # N = 301 is off the 128-point blocks; K = 37 is off the 16 lanes; per-sample centres.
-    for make in (rand, tie_points):
-        points = make((3, 301, d), dtype, d)
-        centers = make((3, 37, d), dtype, d + 100)
-        assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
-        # shared centres (2-D), unbatched points, and 2-D points with batched centres
-        assert torch.equal(nearest_op(points, centers[0]), ref.nearest_assign(points, centers[0]))
-        assert torch.equal(
-            nearest_op(points[1], centers[0]), ref.nearest_assign(points[1], centers[0])
-        )
-        assert torch.equal(nearest_op(points[1], centers), ref.nearest_assign(points[1], centers))
+@pytest.mark.parametrize("sample", NEAREST, ids=op_samples.ids(NEAREST))
+def test_cpu_nearest_matches_reference(sample: Sample) -> None:
+    check_nearest(sample, nearest_op(*sample.args))
 
 
 @requires_extension
@@ -105,56 +97,25 @@ def test_cpu_nearest_across_centre_tiles_and_duplicates(d: int) -> None:
 
 @requires_extension
 def test_cpu_nearest_edge_cases() -> None:
+    # known answers (the samples compare the same inputs with the reference)
     centers = rand((4, 2), torch.float32, 0)
     assert nearest_op(torch.empty(0, 2), centers).shape == (0,)
     assert nearest_op(torch.empty(3, 0, 2), centers).shape == (3, 0)
     # all points equidistant from all centres (single centre repeated): index 0
     assert nearest_op(torch.zeros(5, 3), torch.ones(7, 3)).eq(0).all()
     # overflowing distances tie at +inf: index 0, as the reference
-    big = torch.full((2, 2), 3e38)
-    c = torch.tensor([[-3e38, -3e38], [-3e38, -3e38]])
-    assert torch.equal(nearest_op(big, c), ref.nearest_assign(big, c))
-    # non-contiguous inputs
-    points = rand((2, 50, 6), torch.float32, 3)[..., ::2]
-    centers = rand((2, 9, 3), torch.float32, 4).transpose(0, 1).contiguous().transpose(0, 1)
-    assert torch.equal(nearest_op(points, centers), ref.nearest_assign(points, centers))
-
-
-def grid_cases() -> list[tuple[tuple[int, ...], list[float], list[float]]]:
-    return [
-        ((7,), [0.0], [1.0]),
-        ((4, 5), [-1.0, 0.0], [1.0, 2.0]),
-        ((3, 4, 2), [0.0, 0.0, -0.5], [1.0, 3.0, 0.5]),
-        ((2, 2, 2, 2), [0.0] * 4, [1.0] * 4),
-    ]
-
-
-def grid_points(shape, low, high, dtype, seed) -> torch.Tensor:
-    """Points inside, outside, on cell boundaries and on centres of the grid."""
-    d = len(shape)
-    lo = torch.tensor(low, dtype=torch.float64)
-    hi = torch.tensor(high, dtype=torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    inside = lo + (hi - lo) * torch.rand(200, d, generator=g, dtype=torch.float64)
-    outside = lo + (hi - lo) * (torch.rand(60, d, generator=g, dtype=torch.float64) * 3 - 1)
-    n = torch.tensor(shape, dtype=torch.float64)
-    cells = torch.randint(0, 8, (60, d), generator=g).to(torch.float64)
-    boundaries = lo + (hi - lo) * cells / (2 * n)  # cell edges and centres (ties)
-    return torch.cat([inside, outside, boundaries]).to(dtype)
+    assert nearest_op(torch.full((2, 2), 3e38), torch.full((2, 2), -3e38)).eq(0).all()
 
 
 @requires_extension
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize(("shape", "low", "high"), grid_cases())
-def test_cpu_grid_matches_reference(dtype, shape, low, high) -> None:
-    points = grid_points(shape, low, high, dtype, len(shape))
-    expect = ref.grid_assign(points, shape, low, high)
-    assert torch.equal(grid_op(points, shape, low, high), expect)
-    batched = points.reshape(2, -1, len(shape))
-    assert torch.equal(grid_op(batched, shape, low, high), expect.reshape(2, -1))
+@pytest.mark.parametrize("sample", GRID, ids=op_samples.ids(GRID))
+def test_cpu_grid_matches_reference(sample: Sample) -> None:
+    points, shape, low, high = sample.args
+    out = grid_op(*sample.args)
+    assert torch.equal(out, ref.grid_assign(points, shape, low, high))
     # identical to the brute force on the grid's centres
-    centers = ref.grid_centers(shape, low, high, dtype=dtype)
-    assert torch.equal(grid_op(points, shape, low, high), nearest_op(points, centers))
+    centers = ref.grid_centers(shape, low, high, dtype=points.dtype)
+    assert torch.equal(out, nearest_op(points, centers))
 
 
 def check_layout(assign: torch.Tensor, k: int, perm: torch.Tensor, offsets: torch.Tensor) -> None:
@@ -165,24 +126,9 @@ def check_layout(assign: torch.Tensor, k: int, perm: torch.Tensor, offsets: torc
 
 
 @requires_extension
-@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64], ids=str)
-@pytest.mark.parametrize(
-    ("batch", "n", "k"),
-    [(1, 0, 3), (2, 1, 1), (3, 100, 7), (2, 40000, 5), (2, 3000, 20000), (1, 70000, 1)],
-)
-def test_cpu_group_layout_matches_reference(index_dtype, batch, n, k) -> None:
-    # (2, 40000, 5): several 16384-token tiles per row, few keys: stability across tiles.
-    # (2, 3000, 20000): K > N, most groups empty.
-    g = torch.Generator().manual_seed(n + k)
-    assign = torch.randint(0, k, (batch, n), generator=g).to(index_dtype)
-    check_layout(assign, k, *layout_op(assign, k))
-    check_layout(assign[0], k, *layout_op(assign[0], k))  # 1-D input
-    # only a few of the groups used: empty groups between full ones
-    sparse = (assign // 3) * 3 % k
-    check_layout(sparse, k, *layout_op(sparse, k))
-    # non-contiguous
-    wide = torch.randint(0, k, (batch, 2 * n), generator=g).to(index_dtype)[:, ::2]
-    check_layout(wide, k, *layout_op(wide, k))
+@pytest.mark.parametrize("sample", LAYOUT, ids=op_samples.ids(LAYOUT))
+def test_cpu_group_layout_matches_reference(sample: Sample) -> None:
+    check_layout(*sample.args, *layout_op(*sample.args))
 
 
 @requires_extension
@@ -235,16 +181,28 @@ def test_public_api_takes_high_d_on_the_reference() -> None:
     assert torch.equal(ops.nearest_assign(points, centers), ref.nearest_assign(points, centers))
 
 
-@requires_extension
-def test_opcheck_and_compile() -> None:
-    points, centers = torch.randn(2, 33, 3), torch.randn(2, 9, 3)
-    torch.library.opcheck(torch.ops.inrflow.nearest_assign.default, (points, centers))
-    torch.library.opcheck(torch.ops.inrflow.nearest_assign.default, (points[0], centers))
-    torch.library.opcheck(
-        torch.ops.inrflow.grid_assign.default, (points, [2, 3, 4], [0.0] * 3, [1.0] * 3)
+OPCHECK = [
+    (name, sample)
+    for name, samples in (
+        ("nearest_assign", NEAREST),
+        ("grid_assign", GRID),
+        ("group_layout", LAYOUT),
     )
-    assign = torch.randint(0, 5, (3, 17))
-    torch.library.opcheck(torch.ops.inrflow.group_layout.default, (assign, 5))
+    for sample in op_samples.select(samples, "opcheck")
+]
+COMPILE = op_samples.select(NEAREST, "compile")
+
+
+@requires_extension
+@pytest.mark.parametrize(("op", "sample"), OPCHECK, ids=[f"{o}-{s.name}" for o, s in OPCHECK])
+def test_opcheck(op: str, sample: Sample) -> None:
+    torch.library.opcheck(getattr(torch.ops.inrflow, op).default, sample.args)
+
+
+@requires_extension
+@pytest.mark.parametrize("sample", COMPILE, ids=op_samples.ids(COMPILE))
+def test_compile_assign_then_layout(sample: Sample) -> None:
+    points, centers = sample.args
 
     def fn(p, c):
         idx = ops.nearest_assign(p, c, validate=False)
@@ -252,7 +210,7 @@ def test_opcheck_and_compile() -> None:
 
     compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
     perm, offsets = compiled(points, centers)
-    p_ref, o_ref = ref.group_layout(ref.nearest_assign(points, centers), 9)
+    p_ref, o_ref = ref.group_layout(ref.nearest_assign(points, centers), centers.shape[-2])
     assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
 
 
@@ -399,31 +357,19 @@ def emulated_layout(em: Emulated, assign: torch.Tensor, k: int):
     return perm, offsets
 
 
+def for_schedule(samples: list[Sample], seed: int) -> list[Sample]:
+    """The emulator samples paired with the schedules of ``seed`` (see op_samples.Sample)."""
+    chosen = op_samples.select(samples, "emulator")
+    return [s for s in chosen if s.meta.get("schedule_seed", seed) == seed]
+
+
 @requires_emulator
 @pytest.mark.emulated
 @pytest.mark.parametrize(("order", "seed"), SCHEDULES)
 def test_emulated_nearest_matches_reference(emulated, order: str, seed: int) -> None:
     emulated.lib.set_schedule(order, seed)
-    # N = 300 is off the 256-thread blocks, K = 300 crosses the 256-centre shared tiles.
-    cases = [(2, torch.float32), (3, torch.float16), (1, torch.float64), (5, torch.bfloat16)]
-    for d, dtype in cases:
-        for make in (rand, tie_points):
-            points = make((2, 300, d), dtype, seed + d)
-            centers = make((2, 300, d), dtype, seed + d + 1)
-            expect = ref.nearest_assign(points, centers)
-            assert torch.equal(emulated_nearest(emulated, points, centers), expect)
-        shared = rand((70, d), dtype, 5)
-        assert torch.equal(
-            emulated_nearest(emulated, points, shared), ref.nearest_assign(points, shared)
-        )
-        assert torch.equal(
-            emulated_nearest(emulated, points[0], centers), ref.nearest_assign(points[0], centers)
-        )
-    # d = 8 and duplicated centres: the first copy wins
-    centers = rand((40, 8), torch.float32, 9).repeat(2, 1)
-    points = torch.cat([rand((30, 8), torch.float32, 8), centers[:10]])
-    out = emulated_nearest(emulated, points, centers)
-    assert torch.equal(out, ref.nearest_assign(points, centers)) and (out < 40).all()
+    for sample in for_schedule(NEAREST, seed):
+        check_nearest(sample, emulated_nearest(emulated, *sample.args))
 
 
 @requires_emulator
@@ -431,10 +377,10 @@ def test_emulated_nearest_matches_reference(emulated, order: str, seed: int) -> 
 @pytest.mark.parametrize(("order", "seed"), SCHEDULES)
 def test_emulated_grid_matches_reference(emulated, order: str, seed: int) -> None:
     emulated.lib.set_schedule(order, seed)
-    for (shape, low, high), dtype in zip(grid_cases(), ALL_DTYPES, strict=True):
-        points = grid_points(shape, low, high, dtype, seed)
+    for sample in for_schedule(GRID, seed):
+        points, shape, low, high = sample.args
         expect = ref.grid_assign(points, shape, low, high)
-        assert torch.equal(emulated_grid(emulated, points, shape, low, high), expect)
+        assert torch.equal(emulated_grid(emulated, *sample.args), expect)
 
 
 @requires_emulator
@@ -442,13 +388,8 @@ def test_emulated_grid_matches_reference(emulated, order: str, seed: int) -> Non
 @pytest.mark.parametrize(("order", "seed"), SCHEDULES)
 def test_emulated_group_layout_is_a_stable_sort(emulated, order: str, seed: int) -> None:
     emulated.lib.set_schedule(order, seed)
-    g = torch.Generator().manual_seed(seed)
-    # (2, 2500, 5): three 1024-token tiles per row, few keys (stability within and across tiles
-    # and warps); (3, 37, 1100): K > tile size, most groups empty; N = 0; K = 1.
-    for batch, n, k in [(2, 2500, 5), (3, 37, 1100), (2, 0, 4), (1, 100, 1)]:
-        for dtype in (torch.int32, torch.int64):
-            assign = torch.randint(0, k, (batch, n), generator=g).to(dtype)
-            check_layout(assign, k, *emulated_layout(emulated, assign, k))
+    for sample in for_schedule(LAYOUT, seed):
+        check_layout(*sample.args, *emulated_layout(emulated, *sample.args))
 
 
 @requires_emulator

@@ -18,11 +18,13 @@ from __future__ import annotations
 import ctypes
 import math
 
+import op_samples
 import pytest
 import torch
 from emulation import SCHEDULES, build_emulated, requires_emulator
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_samples import Sample
 
 import inrflow.ops
 from inrflow.ops import reference
@@ -49,16 +51,14 @@ def bwd_op(grad_out, q, k, v, offsets, out, lse, scale):
     )
 
 
-def make_case(lens, hq, hkv, dim, dim_v, dtype, device="cpu", seed=0, offsets_dtype=torch.int64):
-    gen = torch.Generator().manual_seed(seed)
-    groups, tokens = len(lens), sum(lens)
-    offsets = torch.tensor([0, *torch.tensor(lens, dtype=torch.int64).cumsum(0).tolist()])
+make_case = op_samples.attention_case
+SAMPLES = op_samples.grouped_cross_attention()
 
-    def rnd(*shape):
-        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).to(device)
 
-    q, k, v = rnd(groups, hq, dim), rnd(tokens, hkv, dim), rnd(tokens, hkv, dim_v)
-    return q, k, v, offsets.to(offsets_dtype).to(device)
+def on(sample: Sample, device: str):
+    """The sample's (q, k, v, offsets, scale) on ``device`` (fresh tensors: tests may mutate)."""
+    q, k, v, offsets, scale = sample.args
+    return (*(t.clone().to(device) for t in (q, k, v, offsets)), scale)
 
 
 def ref64(q, k, v, offsets, scale, grad_out=None):
@@ -91,28 +91,17 @@ def assert_close(got, want, dtype, what):
     torch.testing.assert_close(got, want, rtol=0, atol=ATOL[dtype] * scale, msg=what)
 
 
-# Group-length patterns: empty, single key, long (several splits of 256 keys) and mixed.
-LENGTHS = {
-    "mixed": [3, 0, 1, 7, 64, 2],
-    "long": [0, 600, 1, 5],
-    "all_empty": [0, 0, 0],
-    "single_keys": [1, 1, 1, 1],
-}
-
-
 # ------------------------------------------------------------------------------------------------
 # Extension kernels
 
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("hq", "hkv"), [(4, 4), (4, 2), (6, 1)], ids=["mha", "gqa", "mqa"])
-@pytest.mark.parametrize("lengths", list(LENGTHS), ids=str)
-def test_forward_backward_match_reference(device, dtype, hq, hkv, lengths) -> None:
-    lens = LENGTHS[lengths]
-    q, k, v, offsets = make_case(lens, hq, hkv, 24, 12, dtype, device)
-    scale = 0.3
+@pytest.mark.parametrize("sample", SAMPLES, ids=op_samples.ids(SAMPLES))
+def test_forward_backward_match_reference(device, sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, device)
+    dtype = q.dtype
+    lens = sample.meta["lens"]
     out, lse = fwd_op(q, k, v, offsets, scale)
     grad_out = torch.randn(out.shape, dtype=torch.float64).to(dtype).to(device)
     want, want_lse, grads = ref64(q, k, v, offsets, scale, grad_out)
@@ -133,20 +122,6 @@ def test_forward_backward_match_reference(device, dtype, hq, hkv, lengths) -> No
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize(("dim", "hq", "hkv"), [(16, 2, 2), (72, 4, 1), (1152, 16, 1)])
-def test_head_dims(device, dim, hq, hkv) -> None:
-    q, k, v, offsets = make_case([5, 0, 40, 300], hq, hkv, dim, dim, torch.float32, device, seed=3)
-    scale = dim**-0.5
-    out, lse = fwd_op(q, k, v, offsets, scale)
-    grad_out = torch.randn(out.shape).to(device)
-    want, _, grads = ref64(q, k, v, offsets, scale, grad_out)
-    assert_close(out, want, torch.float32, "out")
-    for got, ref in zip(bwd_op(grad_out, q, k, v, offsets, out, lse, scale), grads, strict=True):
-        assert_close(got, ref, torch.float32, "grad")
-
-
-@requires_extension
-@pytest.mark.parametrize("device", DEVICES)
 def test_public_api_autograd_and_non_contiguous(device) -> None:
     q, k, v, offsets = make_case([4, 0, 9, 300], 4, 2, 16, 8, torch.float32, device, seed=5)
     q = q.transpose(0, 1).contiguous().transpose(0, 1)  # same values, non-contiguous layout
@@ -162,14 +137,20 @@ def test_public_api_autograd_and_non_contiguous(device) -> None:
         assert_close(t.grad, ref, torch.float32, "grad")
 
 
+GRADCHECK = op_samples.select(SAMPLES, "gradcheck")
+OPCHECK = op_samples.select(SAMPLES, "opcheck")
+COMPILE = op_samples.select(SAMPLES, "compile")
+
+
 @requires_extension
-def test_gradcheck_fp64() -> None:
-    q, k, v, offsets = make_case([3, 0, 1, 6], 4, 2, 5, 3, torch.float64, seed=7)
+@pytest.mark.parametrize("sample", GRADCHECK, ids=op_samples.ids(GRADCHECK))
+def test_gradcheck_fp64(sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, "cpu")
     args = tuple(t.requires_grad_() for t in (q, k, v))
 
     def fn(a, b, c):
         with inrflow.ops.use_backend("extension"):
-            return inrflow.ops.grouped_cross_attention(a, b, c, offsets, 0.7)
+            return inrflow.ops.grouped_cross_attention(a, b, c, offsets, scale)
 
     assert torch.autograd.gradcheck(fn, args)
 
@@ -179,18 +160,20 @@ def test_gradcheck_fp64() -> None:
     "op",
     ["grouped_cross_attention", "grouped_cross_attention_forward"],
 )
-def test_opcheck(op) -> None:
-    q, k, v, offsets = make_case([3, 0, 1, 6], 4, 1, 8, 4, torch.float32, seed=2)
+@pytest.mark.parametrize("sample", OPCHECK, ids=op_samples.ids(OPCHECK))
+def test_opcheck(op, sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, "cpu")
     for t in (q, k, v):
         t.requires_grad_()
-    torch.library.opcheck(getattr(torch.ops.inrflow, op).default, (q, k, v, offsets, 0.5))
+    torch.library.opcheck(getattr(torch.ops.inrflow, op).default, (q, k, v, offsets, scale))
 
 
 @requires_extension
-def test_opcheck_backward() -> None:
-    q, k, v, offsets = make_case([3, 0, 1, 6], 4, 2, 8, 4, torch.float32, seed=2)
-    out, lse = fwd_op(q, k, v, offsets, 0.5)
-    args = (torch.randn_like(out), q, k, v, offsets, out, lse, 0.5)
+@pytest.mark.parametrize("sample", OPCHECK, ids=op_samples.ids(OPCHECK))
+def test_opcheck_backward(sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, "cpu")
+    out, lse = fwd_op(q, k, v, offsets, scale)
+    args = (torch.randn_like(out), q, k, v, offsets, out, lse, scale)
     torch.library.opcheck(torch.ops.inrflow.grouped_cross_attention_backward.default, args)
 
 
@@ -216,19 +199,21 @@ def test_flop_counter_counts_the_extension() -> None:
 
 
 @requires_extension
-def test_torch_compile_traces_the_op() -> None:
-    q, k, v, offsets = make_case([3, 0, 9], 4, 1, 8, 8, torch.float32)
+@pytest.mark.parametrize("sample", COMPILE, ids=op_samples.ids(COMPILE))
+def test_torch_compile_traces_the_op(sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, "cpu")
     qs, ks, vs = (t.clone().requires_grad_() for t in (q, k, v))
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def fn(a, b, c):
-        return torch.ops.inrflow.grouped_cross_attention.default(a, b, c, offsets, 0.4)
+        return torch.ops.inrflow.grouped_cross_attention.default(a, b, c, offsets, scale)
 
     out = fn(qs, ks, vs)
     out.sum().backward()
-    want, _, grads = ref64(q, k, v, offsets, 0.4, torch.ones_like(out))
-    assert_close(out, want, torch.float32, "out")
-    assert_close(ks.grad, grads[1], torch.float32, "dk")
+    want, _, grads = ref64(q, k, v, offsets, scale, torch.ones_like(out))
+    assert_close(out, want, q.dtype, "out")
+    for t, ref, name in zip((qs, ks, vs), grads, "qkv", strict=True):
+        assert_close(t.grad, ref, q.dtype, f"d{name}")
 
 
 @requires_extension
@@ -394,30 +379,28 @@ def emulated_forward_backward(lib_fns, q, k, v, offsets, scale, grad_out, max_sp
     return out, lse, (dq, dk, dv)
 
 
-# (lengths, hq, hkv, dim, dim_v, dtype, max_split): max_split forces several splits per group.
-EMULATED_CASES = {
-    "mha_d16_mixed": ([3, 0, 1, 37, 2], 2, 2, 16, 16, torch.float32, 8),
-    "gqa_d72_long": ([0, 70, 1], 4, 2, 72, 40, torch.float32, 16),
-    "mqa_d72_fp64": ([5, 0, 33], 6, 1, 72, 72, torch.float64, 8),
-    "mqa_d1152": ([2, 40], 16, 1, 1152, 1152, torch.float32, 32),
-    "bf16_default_split": ([1, 300, 0], 2, 1, 16, 8, torch.bfloat16, 0),
-    "fp16_single_keys": ([1, 1, 1], 3, 3, 20, 4, torch.float16, 0),
-}
+# Each emulator sample under the first three schedules whose seed it was drawn for.
+EMULATED = [
+    (order, seed, sample)
+    for order, seed in SCHEDULES[:3]
+    for sample in op_samples.select(SAMPLES, "emulator")
+    if sample.meta["schedule_seed"] == seed
+]
 
 
 @requires_emulator
 @pytest.mark.emulated
-@pytest.mark.parametrize(("order", "seed"), SCHEDULES[:3])
-@pytest.mark.parametrize("case", list(EMULATED_CASES))
-def test_emulated_kernels_match_reference(order, seed, case) -> None:
-    lens, hq, hkv, dim, dim_v, dtype, max_split = EMULATED_CASES[case]
+@pytest.mark.parametrize(
+    ("order", "seed", "sample"), EMULATED, ids=[f"{o}-{s.name}" for o, _, s in EMULATED]
+)
+def test_emulated_kernels_match_reference(order, seed, sample: Sample) -> None:
+    q, k, v, offsets, scale = on(sample, "cpu")
+    dtype, lens = q.dtype, sample.meta["lens"]
     lib_fns = _lib()
     lib_fns[0].set_schedule(order, seed)
-    q, k, v, offsets = make_case(lens, hq, hkv, dim, dim_v, dtype, seed=seed + 11)
-    scale = dim**-0.5
-    grad_out = torch.randn(len(lens), hq, dim_v, dtype=torch.float64).to(dtype)
+    grad_out = torch.randn(q.shape[0], q.shape[1], v.shape[2], dtype=torch.float64).to(dtype)
     out, lse, grads = emulated_forward_backward(
-        lib_fns, q, k, v, offsets, scale, grad_out, max_split
+        lib_fns, q, k, v, offsets, scale, grad_out, sample.meta["max_split"]
     )
     want, want_lse, want_grads = ref64(q, k, v, offsets, scale, grad_out)
     assert_close(out, want, dtype, "out")

@@ -27,11 +27,16 @@ import sys
 import textwrap
 from pathlib import Path
 
+import op_samples
 import pytest
 import torch
 from emulation import BUILD_DIR, SCHEDULES, build_emulated, requires_emulator
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from op_samples import Sample
 
 import inrflow.ops
+from inrflow import _extension
 from inrflow.ops import reference
 
 # Defined here rather than imported from conftest: with tests/ and benchmarks/ in one pytest run,
@@ -150,19 +155,16 @@ def make_x(shape: tuple[int, ...], dtype: torch.dtype, device: str, scale: float
 
 
 def make_freqs(num: int, device: str, max_log2: float = 8.0) -> torch.Tensor:
-    return inrflow.ops.fourier_frequencies(num, max_log2).to(device)
+    return op_samples.fourier_frequencies(num, max_log2, device)
 
 
-# (leading shape, channels, num_freqs)
-SHAPES = [
-    ((7,), 3, 5),
-    ((2, 5), 4, 16),
-    ((), 1, 1),  # x of shape [1]
-    ((0,), 3, 4),  # no rows
-    ((4,), 0, 3),  # no channels
-    ((33,), 2, 64),
-    ((3,), 2, 300),  # more frequencies than one fp16/bf16 scratch chunk
-]
+SAMPLES = op_samples.fourier_embed()
+
+
+def on(sample: Sample, device: str) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """The sample's (x, freqs, include_input) on ``device`` (fresh tensors: tests may mutate)."""
+    x, freqs, inc = sample.args
+    return x.clone().to(device), freqs.clone().to(device), inc
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,24 +173,55 @@ SHAPES = [
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", ALL_DTYPES, ids=str)
-@pytest.mark.parametrize("include_input", [False, True])
-@pytest.mark.parametrize(("lead", "channels", "num_freqs"), SHAPES)
-def test_forward_backward_match_reference(
-    device: str,
-    dtype: torch.dtype,
-    include_input: bool,
-    lead: tuple[int, ...],
-    channels: int,
-    num_freqs: int,
-) -> None:
-    x = make_x((*lead, channels), dtype, device)
-    freqs = make_freqs(num_freqs, device)
+@pytest.mark.parametrize("sample", SAMPLES, ids=op_samples.ids(SAMPLES))
+def test_forward_backward_match_reference(device: str, sample: Sample) -> None:
+    x, freqs, include_input = on(sample, device)
     out = fwd_op(x, freqs, include_input)
     check_forward(out, x, freqs, include_input)
-    grad_out = torch.randn(out.shape, dtype=torch.float64).to(dtype).to(device)
+    grad_out = torch.randn(out.shape, dtype=torch.float64).to(x.dtype).to(device)
     grad_x = bwd_op(grad_out, out, freqs, include_input)
     check_backward(grad_x, x, freqs, grad_out, include_input)
+
+
+def _fourier_cases(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """Random shapes, dtypes, layouts (contiguous, transposed, strided) and frequencies."""
+    lead = draw(st.lists(st.integers(0, 4), max_size=3))
+    channels = draw(st.integers(1, 5))
+    num_freqs = draw(st.integers(1, 6))
+    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
+    seed = draw(st.integers(0, 2**31 - 1))
+    gen = torch.Generator().manual_seed(seed)
+    shape = [*lead, channels]
+    if layout == "strided":  # every other element of a larger tensor
+        x = torch.randn([*lead, 2 * channels], generator=gen)[..., ::2]
+    elif layout == "transposed" and lead:  # leading dim swapped with the channel dim
+        x = torch.randn([*lead[:-1], channels, lead[-1]], generator=gen).transpose(-1, -2)
+    else:
+        x = torch.randn(shape, generator=gen)
+    x = (x * draw(st.floats(0.1, 4.0))).to(dtype)
+    freqs = inrflow.ops.fourier_frequencies(
+        num_freqs, draw(st.floats(0.0, 6.0)), log_sampling=draw(st.booleans())
+    )
+    return x, freqs, draw(st.booleans())
+
+
+@requires_extension
+@settings(max_examples=250, deadline=None)
+@given(case=st.composite(_fourier_cases)())
+def test_public_api_matches_reference_on_random_inputs(
+    case: tuple[torch.Tensor, torch.Tensor, bool],
+) -> None:
+    """The public op on the extension, forward and autograd, against the fp64 reference."""
+    x, freqs, include_input = case
+    with inrflow.ops.use_backend("extension"):
+        out = inrflow.ops.fourier_embed(x, freqs, include_input)
+    check_forward(out, x, freqs, include_input)
+    xg = x.detach().requires_grad_()
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype)
+    with inrflow.ops.use_backend("extension"):
+        (gx,) = torch.autograd.grad(inrflow.ops.fourier_embed(xg, freqs, include_input), xg, grad)
+    check_backward(gx, x, freqs, grad, include_input)
 
 
 @requires_extension
@@ -300,57 +333,52 @@ def test_outputs_repeat_bit_exactly(device: str) -> None:
         assert torch.equal(bwd_op(grad_out, out, freqs, True), grad_x)
 
 
-def _opcheck_samples(device: str) -> list[tuple]:
-    freqs = make_freqs(5, device)
-    samples = []
-    for dtype, shape, inc in [
-        (torch.float32, (4, 3), False),
-        (torch.float64, (2, 3, 2), True),
-        (torch.bfloat16, (5, 1), True),
-        (torch.float16, (0, 2), False),
-    ]:
-        x = make_x(shape, dtype, device)
-        samples.append((x, freqs, inc))
-    return samples
+OPCHECK = op_samples.select(SAMPLES, "opcheck")
+GRADCHECK = op_samples.select(SAMPLES, "gradcheck")
+COMPILE = op_samples.select(SAMPLES, "compile")
 
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_raw_ops(device: str) -> None:
-    for x, freqs, inc in _opcheck_samples(device):
-        torch.library.opcheck(torch.ops.inrflow.fourier_embed.default, (x, freqs, inc))
-        if x.dtype in (torch.float32, torch.float64):
-            xg = x.clone().requires_grad_()
-            torch.library.opcheck(torch.ops.inrflow.fourier_embed.default, (xg, freqs, inc))
-        out = fwd_op(x, freqs, inc)
-        grad_out = torch.randn(out.shape, dtype=torch.float64).to(x.dtype).to(device)
-        torch.library.opcheck(
-            torch.ops.inrflow.fourier_embed_backward.default, (grad_out, out, freqs, inc)
-        )
+@pytest.mark.parametrize("sample", OPCHECK, ids=op_samples.ids(OPCHECK))
+def test_opcheck_raw_ops(device: str, sample: Sample) -> None:
+    x, freqs, inc = on(sample, device)
+    torch.library.opcheck(torch.ops.inrflow.fourier_embed.default, (x, freqs, inc))
+    if x.dtype in (torch.float32, torch.float64):
+        xg = x.clone().requires_grad_()
+        torch.library.opcheck(torch.ops.inrflow.fourier_embed.default, (xg, freqs, inc))
+    out = fwd_op(x, freqs, inc)
+    grad_out = torch.randn(out.shape, dtype=torch.float64).to(x.dtype).to(device)
+    torch.library.opcheck(
+        torch.ops.inrflow.fourier_embed_backward.default, (grad_out, out, freqs, inc)
+    )
 
 
 @requires_extension
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("include_input", [False, True])
-def test_gradcheck_public_api_fp64(device: str, include_input: bool) -> None:
-    x = make_x((3, 2, 3), torch.float64, device).requires_grad_()
-    freqs = make_freqs(4, device, max_log2=3.0)
+@pytest.mark.parametrize("sample", GRADCHECK, ids=op_samples.ids(GRADCHECK))
+@pytest.mark.parametrize(
+    "check", [torch.autograd.gradcheck, torch.autograd.gradgradcheck], ids=lambda c: c.__name__
+)
+def test_gradcheck_public_api_fp64(device: str, sample: Sample, check) -> None:
+    """First and second derivatives (the backward op has its own autograd formula)."""
+    x, freqs, include_input = on(sample, device)
+    x.requires_grad_()
     with inrflow.ops.use_backend("extension"):
-        assert torch.autograd.gradcheck(
-            lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,)
-        )
+        assert check(lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,))
+        out = inrflow.ops.fourier_embed(x, freqs, include_input)
+    assert "inrflow" in type(out.grad_fn).__name__  # the registered autograd, not the reference
 
 
 @requires_extension
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("include_input", [False, True])
-def test_gradgradcheck_public_api_fp64(device: str, include_input: bool) -> None:
-    x = make_x((3, 2, 3), torch.float64, device).requires_grad_()
-    freqs = make_freqs(4, device, max_log2=3.0)
+def test_backward_takes_an_expanded_grad_out() -> None:
+    # an expanded (stride-0) grad_out, as .sum() produces
+    freqs = inrflow.ops.fourier_frequencies(3, 2)
+    xs = torch.randn(6, 3, requires_grad=True)
     with inrflow.ops.use_backend("extension"):
-        assert torch.autograd.gradgradcheck(
-            lambda t: inrflow.ops.fourier_embed(t, freqs, include_input), (x,)
-        )
+        inrflow.ops.fourier_embed(xs, freqs, True).sum().backward()
+    (want,) = torch.autograd.grad(reference.fourier_embed(xs, freqs, True).sum(), xs)
+    torch.testing.assert_close(xs.grad, want, rtol=0, atol=1e-4)
 
 
 @requires_extension
@@ -394,6 +422,37 @@ def test_torch_compile_fullgraph(device: str) -> None:
     torch.testing.assert_close(got, eager, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(g_got, g_want, rtol=1e-5, atol=1e-5)
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("sample", COMPILE, ids=op_samples.ids(COMPILE))
+def test_torch_compile_traces_the_public_op(device: str, sample: Sample) -> None:
+    x0, freqs, include_input = on(sample, device)
+    _extension.clear_kernel_cache()  # the backend decision must be traceable from cold
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return inrflow.ops.fourier_embed(x, freqs, include_input=include_input).square().sum(-1)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=True)
+    x = x0.requires_grad_()
+    y = compiled(x)
+    torch.testing.assert_close(y, fn(x))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (want,) = torch.autograd.grad(fn(x).sum(), x)
+    torch.testing.assert_close(g, want)
+    torch._dynamo.reset()
+
+
+@requires_extension
+def test_fake_kernel_gives_meta_outputs() -> None:
+    freqs = inrflow.ops.fourier_frequencies(4, 3)
+    with inrflow.ops.use_backend("extension"):
+        meta = inrflow.ops.fourier_embed(
+            torch.empty(2, 5, 3, device="meta"), freqs.to("meta"), True
+        )
+    assert meta.shape == (2, 5, 27) and meta.device.type == "meta"
 
 
 # Bad inputs to the raw ops: TORCH_CHECK raises RuntimeError naming the problem.
@@ -473,33 +532,10 @@ _PTR = ctypes.c_void_p
 def emulated():
     """(library, forward launcher, backward launcher) of the emulated fourier.cu."""
     lib = build_emulated([FOURIER_CU], "fourier")
-    fwd = lib.function(
-        "inrflow_fourier_embed_forward",
-        _I32,
-        _I32,
-        _PTR,
-        _PTR,
-        _PTR,
-        _I64,
-        _I64,
-        _I64,
-        _I32,
-        _PTR,
-    )
-    bwd = lib.function(
-        "inrflow_fourier_embed_backward",
-        _I32,
-        _I32,
-        _PTR,
-        _PTR,
-        _PTR,
-        _PTR,
-        _I64,
-        _I64,
-        _I64,
-        _I32,
-        _PTR,
-    )
+    # (dtype code, inputs..., output, rows, channels, num_freqs, include_input, stream)
+    sizes = (_I64, _I64, _I64, _I32, _PTR)
+    fwd = lib.function("inrflow_fourier_embed_forward", _I32, _I32, *(_PTR,) * 3, *sizes)
+    bwd = lib.function("inrflow_fourier_embed_backward", _I32, _I32, *(_PTR,) * 4, *sizes)
     return lib, fwd, bwd
 
 
@@ -546,9 +582,7 @@ def emulated_backward(emulated, grad_out, out, freqs, inc: bool, channels: int) 
     return grad_x
 
 
-# (rows, channels, num_freqs): rows off the 256-thread block and the row tiles, rows 0 and 1,
-# F = 1, F just above a warp (33: two strides per lane group), one row wider than a tile.
-EMULATED_SHAPES = [(0, 3, 4), (1, 1, 1), (1, 2, 33), (300, 3, 5), (97, 2, 64), (3, 700, 2)]
+EMULATED = op_samples.select(SAMPLES, "emulator")
 
 
 @requires_emulator
@@ -561,13 +595,15 @@ def test_emulated_cuda_kernels_match_reference(
 ) -> None:
     lib = emulated[0]
     lib.set_schedule(order, seed)
-    for rows, channels, num_freqs in EMULATED_SHAPES:
-        x = make_x((rows, channels), dtype, "cpu", scale=30.0)
-        freqs = make_freqs(num_freqs, "cpu")
+    cases = [s for s in EMULATED if s.args[0].dtype == dtype and s.args[2] == include_input]
+    assert cases
+    for sample in cases:
+        x, freqs, _ = on(sample, "cpu")
+        x = x.reshape(-1, x.shape[-1])  # the launchers take [rows, channels]
         out = emulated_forward(emulated, x, freqs, include_input)
         check_forward(out, x, freqs, include_input)
         grad_out = torch.randn(out.shape, dtype=torch.float64).to(dtype)
-        grad_x = emulated_backward(emulated, grad_out, out, freqs, include_input, channels)
+        grad_x = emulated_backward(emulated, grad_out, out, freqs, include_input, x.shape[1])
         check_backward(grad_x, x, freqs, grad_out, include_input)
 
 

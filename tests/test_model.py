@@ -3,6 +3,8 @@ encoders and pseudo-coordinates, conditioning, chunked decoding, backends and in
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 
 import pytest
@@ -219,7 +221,7 @@ def test_queries_are_independent() -> None:
 
 
 def test_label_dropout_and_null_class() -> None:
-    model = randomize(build_model("tiny", num_classes=5, class_dropout=1.0))
+    model = randomize(build_model("tiny", num_classes=5))
     coords, values, t = image_batch()
     labels = torch.tensor([1, 3])
     null = torch.full((2,), 5)
@@ -233,8 +235,18 @@ def test_label_dropout_and_null_class() -> None:
     )
     torch.testing.assert_close(forced[0], uncond[0])
     torch.testing.assert_close(forced[1], cond[1])
-    model.train()  # class_dropout=1: every label is dropped in training
-    torch.testing.assert_close(model(coords, values, t, coords, values, labels=labels), uncond)
+    model.train()  # the training data's draws drop labels (force_drop), never the model itself
+    torch.testing.assert_close(model(coords, values, t, coords, values, labels=labels), cond)
+
+
+def test_stored_configs_of_older_versions_load() -> None:
+    """Manifests and exports written while the model had its own label dropout still load."""
+    from inrflow.model import INRFlowConfig
+
+    config = build_model("tiny", num_classes=5).config
+    stored = {**dataclasses.asdict(config), "class_dropout": 0.1, "cond_dropout": 0.0}
+    stored = json.loads(json.dumps(stored))  # tuples become lists, as in a JSON file
+    assert INRFlowConfig.from_dict(stored) == config
 
 
 def test_condition_tokens() -> None:

@@ -1,5 +1,6 @@
-"""The public op API: exports, backend choice, input validation, the extension against the
-references, autograd/fake registration, and importing without the extension."""
+"""The public op API: exports, backend choice, input validation, every op against its reference
+through the public wrappers, and importing without the extension. The per-op kernel tests
+(extension and emulated CUDA kernels, opcheck, gradcheck, compile) are in test_<op>_kernels.py."""
 
 from __future__ import annotations
 
@@ -14,12 +15,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import inrflow
 from inrflow import _extension, nvtx, ops
-from inrflow.ops import _backend
+from inrflow.ops import _backend, _registry
 from inrflow.ops import reference as ref
 
 EXT = ops.extension_available()
@@ -136,6 +135,50 @@ def test_backend_decision_follows_the_dispatcher(probe_op: str) -> None:
         pytest.raises(RuntimeError, match=r"not loaded|does not implement"),
     ):
         _backend.use_extension("no_such_op", cpu)
+
+
+@requires_extension
+def test_register_op_registers_once_and_only_ops_that_exist(probe_op: str) -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fake(x: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return torch.empty_like(x)
+
+    def never(x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("a second registration replaced the first")
+
+    try:
+        assert not _registry.register_op("no_such_op", fake=fake)
+        assert not _registry.register_op(probe_op, fake=fake, needs=("no_such_op",))
+        assert probe_op not in _extension.registered_ops
+        assert _registry.register_op(probe_op, fake=fake)
+        assert _registry.register_op(probe_op, fake=never)  # idempotent: the first one stays
+        out = getattr(torch.ops.inrflow, probe_op)(torch.empty(2, 3, device="meta"))
+        assert out.shape == (2, 3) and out.device.type == "meta" and calls == [(2, 3)]
+    finally:
+        _extension.registered_ops.discard(probe_op)
+
+
+def test_every_compiled_op_is_registered_from_python() -> None:
+    # Each schema of csrc/ops.cpp has its fake kernel (and autograd where differentiable) attached
+    # by inrflow.ops at import, whenever the extension is loaded.
+    ops_of_c = {
+        "fourier_embed",
+        "fourier_embed_backward",
+        "nearest_assign",
+        "grid_assign",
+        "group_layout",
+        "grouped_cross_attention",
+        "grouped_cross_attention_forward",
+        "grouped_cross_attention_backward",
+    }
+    if not EXT:
+        assert not (ops_of_c & _extension.registered_ops)
+        return
+    assert ops_of_c <= _extension.registered_ops
+    for op in ops_of_c:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"inrflow::{op}", "Meta"), op
 
 
 @pytest.fixture
@@ -665,129 +708,6 @@ def test_public_ops_on_cuda_match_cpu_references(backend: str) -> None:
     with ops.use_backend(backend):
         att = ops.grouped_cross_attention(q.to(cuda), k.to(cuda), v.to(cuda), offs.to(cuda))
     torch.testing.assert_close(att.cpu(), ref.grouped_cross_attention(q, k, v, offs))
-
-
-# ------------------------------------------------------------------------------------------------
-# fourier_embed on the extension
-
-
-def _tolerance(dtype: torch.dtype) -> float:
-    """Error bound of the kernel against sin/cos of the exact product x*f (values in [-1, 1]):
-    the kernel's fp32 error (< 2e-7 by its own account) plus one rounding to ``dtype``."""
-    return {torch.float32: 5e-7, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
-
-
-def _ideal_fourier(x: torch.Tensor, freqs: torch.Tensor, include_input: bool) -> torch.Tensor:
-    """fp64 sin/cos of the exact product (an fp32 x fp32 product is exact in fp64)."""
-    angles = x.double()[..., :, None] * freqs.double()
-    parts = [x.double()] if include_input else []
-    return torch.cat([*parts, angles.sin().flatten(-2), angles.cos().flatten(-2)], dim=-1)
-
-
-@st.composite
-def _fourier_cases(draw: st.DrawFn) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    lead = draw(st.lists(st.integers(0, 4), max_size=3))
-    channels = draw(st.integers(1, 5))
-    num_freqs = draw(st.integers(1, 6))
-    dtype = draw(st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
-    layout = draw(st.sampled_from(["contiguous", "transposed", "strided"]))
-    seed = draw(st.integers(0, 2**31 - 1))
-    gen = torch.Generator().manual_seed(seed)
-    shape = [*lead, channels]
-    if layout == "strided":  # every other element of a larger tensor
-        x = torch.randn([*lead, 2 * channels], generator=gen)[..., ::2]
-    elif layout == "transposed" and lead:  # leading dim swapped with the channel dim
-        x = torch.randn([*lead[:-1], channels, lead[-1]], generator=gen).transpose(-1, -2)
-    else:
-        x = torch.randn(shape, generator=gen)
-    x = (x * draw(st.floats(0.1, 4.0))).to(dtype)
-    freqs = ops.fourier_frequencies(
-        num_freqs, draw(st.floats(0.0, 6.0)), log_sampling=draw(st.booleans())
-    )
-    return x, freqs, draw(st.booleans())
-
-
-@requires_extension
-@settings(max_examples=250, deadline=None)
-@given(case=_fourier_cases())
-def test_fourier_embed_extension_matches_reference(
-    case: tuple[torch.Tensor, torch.Tensor, bool],
-) -> None:
-    x, freqs, include_input = case
-    with ops.use_backend("extension"):
-        out = ops.fourier_embed(x, freqs, include_input)
-    want = ref.fourier_embed(x, freqs, include_input)
-    assert out.dtype == want.dtype and out.shape == want.shape
-    c = x.shape[-1] if include_input else 0
-    assert torch.equal(out[..., :c], want[..., :c])  # the input block is copied exactly
-    tol = _tolerance(x.dtype)
-    ideal = _ideal_fourier(x, freqs, include_input)
-    torch.testing.assert_close(out.double(), ideal, rtol=0, atol=tol)
-    # The reference rounds x*f to fp32 before sin/cos (the op's contract): that moves its values
-    # by up to |x*f| * 2**-24 away from the ideal, which the kernel avoids.
-    max_angle = float(x.double().abs().max()) * float(freqs.max()) if x.numel() else 0.0
-    ref_tol = tol + max_angle * 2.0**-23
-    torch.testing.assert_close(out.double(), want.double(), rtol=0, atol=ref_tol)
-
-    # backward: the kernel differentiates through the (rounded) output, the reference in fp32
-    xg = x.detach().requires_grad_()
-    grad = torch.randn(want.shape, generator=torch.Generator().manual_seed(1)).to(x.dtype)
-    with ops.use_backend("extension"):
-        (gx,) = torch.autograd.grad(ops.fourier_embed(xg, freqs, include_input), xg, grad)
-    (gr,) = torch.autograd.grad(ref.fourier_embed(xg, freqs, include_input), xg, grad)
-    assert gx.dtype == x.dtype and gx.shape == x.shape
-    gmax = float(grad.abs().max()) if grad.numel() else 0.0
-    grad_bound = (2 * float(freqs.sum()) + 1) * gmax  # bounds |grad_x|
-    atol = 2 * ref_tol * grad_bound + 1e-6
-    torch.testing.assert_close(gx.double(), gr.double(), rtol=0, atol=atol)
-
-
-@requires_extension
-def test_fourier_embed_extension_gradcheck_and_opcheck() -> None:
-    freqs = ops.fourier_frequencies(3, 2)
-    x = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
-    with ops.use_backend("extension"):
-        assert torch.autograd.gradcheck(lambda t: ops.fourier_embed(t, freqs, True), (x,))
-        out = ops.fourier_embed(x, freqs)
-    assert "inrflow" in type(out.grad_fn).__name__  # the registered autograd, not the reference
-    # an expanded (stride-0) grad_out, as .sum() produces
-    xs = torch.randn(6, 3, requires_grad=True)
-    with ops.use_backend("extension"):
-        ops.fourier_embed(xs, freqs, True).sum().backward()
-    (want,) = torch.autograd.grad(ref.fourier_embed(xs, freqs, True).sum(), xs)
-    torch.testing.assert_close(xs.grad, want, rtol=0, atol=1e-4)
-    op = torch.ops.inrflow.fourier_embed.default
-    samples = [
-        (torch.randn(5, 3), freqs, False),
-        (torch.randn(2, 3, 2, dtype=torch.float64, requires_grad=True), freqs, True),
-        (torch.randn(4, 6)[:, ::2].requires_grad_(), freqs, True),
-        (torch.randn(3, 2, dtype=torch.bfloat16), freqs, False),
-    ]
-    for args in samples:
-        torch.library.opcheck(op, args)
-
-
-@requires_extension
-def test_fourier_embed_fake_kernel_meta_and_compile() -> None:
-    freqs = ops.fourier_frequencies(4, 3)
-    with ops.use_backend("extension"):
-        meta = ops.fourier_embed(torch.empty(2, 5, 3, device="meta"), freqs.to("meta"), True)
-    assert meta.shape == (2, 5, 27) and meta.device.type == "meta"
-
-    _extension.clear_kernel_cache()  # the backend decision must be traceable from cold
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return ops.fourier_embed(x, freqs, include_input=True).square().sum(-1)
-
-    torch._dynamo.reset()
-    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True, dynamic=True)
-    x = torch.randn(7, 3, requires_grad=True)
-    y = compiled(x)
-    torch.testing.assert_close(y, fn(x))
-    (g,) = torch.autograd.grad(y.sum(), x)
-    (want,) = torch.autograd.grad(fn(x).sum(), x)
-    torch.testing.assert_close(g, want)
-    torch._dynamo.reset()
 
 
 def test_inrflow_exposes_warning_class() -> None:

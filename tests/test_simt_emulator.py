@@ -1,4 +1,4 @@
-"""Self-tests of the CPU SIMT emulator (csrc/simt, tests/emulation.py).
+"""Self-tests of the CPU SIMT emulator (tests/simt, tests/emulation.py).
 
 The kernels in tests/simt_kernels/ are plain CUDA C++ (CI also compiles them with nvcc). Each
 correct kernel must match a NumPy reference under every schedule in SCHEDULES; each seeded bug in

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_train import Poisoned, tiny_config
+from helpers import tiny_config
+from test_train import Poisoned
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from inrflow.ops import _checks

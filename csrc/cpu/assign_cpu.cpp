@@ -1,5 +1,6 @@
-// Assignment ops on the CPU: the schemas of nearest_assign / grid_assign / group_layout, the
-// validation shared with the CUDA registrations, and the at::parallel_for kernels.
+// Assignment ops on the CPU: the at::parallel_for kernels of nearest_assign / grid_assign /
+// group_layout and their registration (the schemas are in csrc/ops.cpp, the argument checks in
+// csrc/checks.cpp).
 //
 // nearest_assign: brute force over the centres with no N x K buffer. Centres are transposed to
 // SoA tiles (about 16 KiB, L1-resident) padded with NaN; a block of points keeps, per point, a
@@ -8,21 +9,14 @@
 // lowest index per lane and the final lexicographic lane reduction the lowest overall. The
 // arithmetic is the reference's, operation for operation (see inrflow/assign.h), so results are
 // bit-identical. On x86-64 an AVX2 clone (no FMA, so nothing can be contracted) is picked at run
-// time.
+// time (csrc/cpu/dispatch.h).
 // grid_assign: O(1) per point with the header's 3^d-neighbourhood search.
 // group_layout: counting sort. Rows are cut into tiles; per-tile histograms laid out
 // [(b*K + k)*T + t] are turned into first output slots by one exclusive scan in memory order,
 // and each tile scatters its tokens in order: a stable argsort.
-#include "assign_ops.h"
-
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/add.h>
-#include <ATen/ops/arange.h>
-#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/mul.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
@@ -30,15 +24,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <type_traits>
 #include <vector>
 
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#warning "inrflow: compile with -fopenmp (ATen's parallel backend is OpenMP), or at::parallel_for runs serially"
-#endif
+#include "../checks.h"
+#include "dispatch.h"
+#include "inrflow/assign.h"
 
 // The 32-byte vector types below never cross a non-inlined call, so the note that their ABI
 // depends on AVX is moot.
@@ -46,157 +39,11 @@
 #pragma GCC diagnostic ignored "-Wpsabi"
 #endif
 
-#if defined(__GNUC__) && defined(__x86_64__)
-#define INRFLOW_X86_DISPATCH 1
-#define INRFLOW_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define INRFLOW_X86_DISPATCH 0
-#define INRFLOW_ALWAYS_INLINE inline
-#endif
-
-TORCH_LIBRARY_FRAGMENT(inrflow, m) {
-  // Index of the nearest centre (squared Euclidean, ties to the lowest index), int64 [N] / [B, N].
-  m.def("nearest_assign(Tensor points, Tensor centers) -> Tensor");
-  // Nearest cell centre of a regular grid over [low, high] (row-major flat index), O(1) per point.
-  m.def("grid_assign(Tensor points, int[] grid_shape, float[] low, float[] high) -> Tensor");
-  // (perm int64 [B, N] stable argsort of each row, offsets int32 [B*num_groups + 1]).
-  m.def("group_layout(Tensor assign, int num_groups) -> (Tensor, Tensor)");
-}
-
 namespace inrflow {
-
-// ------------------------------------------------------------------------------------------------
-// Validation (shared with csrc/cuda/assign_cuda.cpp)
-
 namespace {
-
-constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
-constexpr int64_t kMaxCenters = int64_t{1} << 30;
-
-bool float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
-}
-
-}  // namespace
-
-NearestDims check_nearest_assign(const at::Tensor& points, const at::Tensor& centers) {
-  constexpr const char* op = "inrflow::nearest_assign";
-  TORCH_CHECK(float_dtype(points.scalar_type()), op,
-              ": points must be float32, float16, bfloat16 or float64, got ",
-              points.scalar_type());
-  TORCH_CHECK(centers.scalar_type() == points.scalar_type(), op,
-              ": points and centers must have the same dtype, got ", points.scalar_type(),
-              " and ", centers.scalar_type());
-  TORCH_CHECK(points.dim() == 2 || points.dim() == 3, op,
-              ": points must be [N, d] or [B, N, d], got shape ", points.sizes());
-  TORCH_CHECK(centers.dim() == 2 || centers.dim() == 3, op,
-              ": centers must be [K, d] or [B, K, d], got shape ", centers.sizes());
-  TORCH_CHECK(points.device() == centers.device(), op,
-              ": points and centers must be on the same device, got ", points.device(), " and ",
-              centers.device());
-  const int64_t d = points.size(-1);
-  TORCH_CHECK(d >= 1 && d == centers.size(-1), op,
-              ": points and centers need the same coordinate dimension d >= 1, got ",
-              points.sizes(), " and ", centers.sizes());
-  TORCH_CHECK(d <= assign::kMaxDim, op, ": the kernels support d <= ", assign::kMaxDim,
-              ", got d = ", d);
-  const int64_t k = centers.size(-2);
-  TORCH_CHECK(k >= 1, op, ": centers is empty (K = 0); there is nothing to assign to");
-  // int32 lane indices, with room for the padded last tile
-  TORCH_CHECK(k <= kMaxCenters, op, ": K = ", k, " centres exceed the kernel limit of ",
-              kMaxCenters);
-  const int64_t pb = points.dim() == 3 ? points.size(0) : 1;
-  const int64_t cb = centers.dim() == 3 ? centers.size(0) : 1;
-  TORCH_CHECK(points.dim() != 3 || centers.dim() != 3 || pb == cb, op,
-              ": batch sizes differ: points ", points.sizes(), ", centers ", centers.sizes());
-  const int64_t n = points.size(-2);
-  NearestDims dims{};
-  dims.batch = std::max(pb, cb);
-  dims.n = n;
-  dims.k = k;
-  dims.d = d;
-  dims.points_batch_stride = points.dim() == 3 ? n * d : 0;
-  dims.centers_batch_stride = centers.dim() == 3 ? k * d : 0;
-  dims.batched = points.dim() == 3 || centers.dim() == 3;
-  return dims;
-}
-
-std::vector<int64_t> assign_output_shape(const at::Tensor& points, const NearestDims& dims) {
-  if (dims.batched) return {dims.batch, dims.n};
-  (void)points;
-  return {dims.n};
-}
-
-assign::GridSpec check_grid_assign(const at::Tensor& points, c10::IntArrayRef grid_shape,
-                                   c10::ArrayRef<double> low, c10::ArrayRef<double> high) {
-  constexpr const char* op = "inrflow::grid_assign";
-  TORCH_CHECK(float_dtype(points.scalar_type()), op,
-              ": points must be float32, float16, bfloat16 or float64, got ",
-              points.scalar_type());
-  TORCH_CHECK(points.dim() == 2 || points.dim() == 3, op,
-              ": points must be [N, d] or [B, N, d], got shape ", points.sizes());
-  const auto dims = static_cast<int64_t>(grid_shape.size());
-  TORCH_CHECK(dims >= 1 && dims <= assign::kMaxDim, op, ": grid_shape must have 1 to ",
-              assign::kMaxDim, " axes, got ", dims);
-  TORCH_CHECK(points.size(-1) == dims, op, ": grid_shape has ", dims,
-              " axes but the points have d = ", points.size(-1), " coordinates");
-  TORCH_CHECK(static_cast<int64_t>(low.size()) == dims &&
-                  static_cast<int64_t>(high.size()) == dims,
-              op, ": low and high need one entry per grid axis (", dims, "), got ", low.size(),
-              " and ", high.size());
-  assign::GridSpec spec{};
-  spec.dims = static_cast<int32_t>(dims);
-  int64_t cells = 1;
-  int64_t offset = 0;
-  for (int64_t j = 0; j < dims; ++j) {
-    const int64_t nj = grid_shape[j];
-    TORCH_CHECK(nj >= 1, op, ": grid_shape entries must be >= 1, got ", grid_shape);
-    TORCH_CHECK(std::isfinite(low[j]) && std::isfinite(high[j]) && low[j] < high[j], op,
-                ": need finite low < high on every axis, got low=", low, ", high=", high);
-    TORCH_CHECK(cells <= std::numeric_limits<int64_t>::max() / nj, op, ": grid of ", grid_shape,
-                " cells overflows int64");
-    cells *= nj;
-    spec.shape[j] = nj;
-    spec.axis_offset[j] = offset;
-    offset += nj;
-    spec.low[j] = low[j];
-    spec.step[j] = (high[j] - low[j]) / static_cast<double>(nj);
-  }
-  return spec;
-}
-
-at::Tensor grid_axis_table(const at::Tensor& points, const assign::GridSpec& spec) {
-  const auto acc = points.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  std::vector<at::Tensor> axes;
-  axes.reserve(spec.dims);
-  for (int j = 0; j < spec.dims; ++j) {
-    // low + (i + 0.5) * step in fp64, rounded once to the points' dtype: reference._axis_centers
-    const at::Tensor i = at::arange(spec.shape[j], points.options().dtype(at::kDouble));
-    axes.push_back(
-        i.add(0.5).mul(spec.step[j]).add(spec.low[j]).to(points.scalar_type()).to(acc));
-  }
-  return at::cat(axes).contiguous();
-}
-
-std::tuple<int64_t, int64_t> check_group_layout(const at::Tensor& assign, int64_t num_groups) {
-  constexpr const char* op = "inrflow::group_layout";
-  TORCH_CHECK(assign.scalar_type() == at::kInt || assign.scalar_type() == at::kLong, op,
-              ": assign must be int32 or int64, got ", assign.scalar_type());
-  TORCH_CHECK(assign.dim() == 1 || assign.dim() == 2, op, ": assign must be [N] or [B, N], got ",
-              assign.sizes());
-  TORCH_CHECK(num_groups >= 1, op, ": num_groups must be >= 1, got ", num_groups);
-  const int64_t batch = assign.dim() == 2 ? assign.size(0) : 1;
-  const int64_t n = assign.size(-1);
-  TORCH_CHECK(batch <= (kInt32Max - 1) / num_groups && assign.numel() <= kInt32Max, op, ": ",
-              batch, " x ", num_groups, " groups / ", assign.numel(),
-              " tokens overflow the int32 offsets");
-  return {batch, n};
-}
 
 // ------------------------------------------------------------------------------------------------
 // nearest_assign kernel
-
-namespace {
 
 template <typename Acc>
 struct Lanes;
@@ -358,29 +205,15 @@ void nearest_tasks_baseline(const T* pts, const Acc* ctiles, int64_t* out, int64
                            tile_batch_stride);
 }
 
-#if INRFLOW_X86_DISPATCH
 // AVX2 without FMA: 256-bit lanes, and no instruction that could fuse the rounded steps.
 template <int D, typename T, typename Acc>
-__attribute__((target("avx2"))) void nearest_tasks_avx2(const T* pts, const Acc* ctiles,
-                                                        int64_t* out, int64_t begin, int64_t end,
-                                                        int64_t blocks_per_row,
-                                                        const NearestDims& dims, int64_t kt,
-                                                        int64_t tile_batch_stride) {
+INRFLOW_TARGET_AVX2 void nearest_tasks_avx2(const T* pts, const Acc* ctiles, int64_t* out,
+                                            int64_t begin, int64_t end, int64_t blocks_per_row,
+                                            const NearestDims& dims, int64_t kt,
+                                            int64_t tile_batch_stride) {
   nearest_tasks<D, T, Acc>(pts, ctiles, out, begin, end, blocks_per_row, dims, kt,
                            tile_batch_stride);
 }
-
-// INRFLOW_CPU_DISPATCH=baseline (read once per process) forces the baseline loops.
-bool cpu_has_avx2() {
-  static const bool has = [] {
-    const char* forced = std::getenv("INRFLOW_CPU_DISPATCH");
-    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") != 0;
-  }();
-  return has;
-}
-#endif
 
 template <int D, typename T, typename Acc>
 void nearest_run(const T* pts, const Acc* ctiles, int64_t* out, const NearestDims& dims,
@@ -389,17 +222,16 @@ void nearest_run(const T* pts, const Acc* ctiles, int64_t* out, const NearestDim
   const int64_t tasks = dims.batch * blocks_per_row;
   // ~64k point-centre pairs per task at least, so the task overhead stays small.
   const int64_t grain = std::max<int64_t>(1, 65536 / (kPointBlock * dims.k));
-  at::parallel_for(0, tasks, grain, [&](int64_t begin, int64_t end) {
-#if INRFLOW_X86_DISPATCH
-    if (cpu_has_avx2()) {
-      nearest_tasks_avx2<D, T, Acc>(pts, ctiles, out, begin, end, blocks_per_row, dims, kt,
-                                    tile_batch_stride);
-      return;
-    }
-#endif
-    nearest_tasks_baseline<D, T, Acc>(pts, ctiles, out, begin, end, blocks_per_row, dims, kt,
+  cpu::parallel_for_isa(
+      cpu::Isa::kAvx2, tasks, grain,
+      [&](int64_t begin, int64_t end) {
+        nearest_tasks_avx2<D, T, Acc>(pts, ctiles, out, begin, end, blocks_per_row, dims, kt,
                                       tile_batch_stride);
-  });
+      },
+      [&](int64_t begin, int64_t end) {
+        nearest_tasks_baseline<D, T, Acc>(pts, ctiles, out, begin, end, blocks_per_row, dims,
+                                          kt, tile_batch_stride);
+      });
 }
 
 template <typename T>
@@ -522,10 +354,8 @@ void group_layout_typed(const at::Tensor& assign, int64_t batch, int64_t n, int6
   });
 }
 
-}  // namespace
-
 // ------------------------------------------------------------------------------------------------
-// CPU registrations
+// CPU wrappers
 
 at::Tensor nearest_assign_cpu(const at::Tensor& points, const at::Tensor& centers) {
   const NearestDims dims = check_nearest_assign(points, centers);
@@ -533,7 +363,7 @@ at::Tensor nearest_assign_cpu(const at::Tensor& points, const at::Tensor& center
               points.device());
   const at::Tensor pc = points.contiguous();
   const at::Tensor cc = centers.contiguous();
-  at::Tensor out = at::empty(assign_output_shape(points, dims), points.options().dtype(at::kLong));
+  at::Tensor out = at::empty(assign_output_shape(dims), points.options().dtype(at::kLong));
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, points.scalar_type(),
                                   "nearest_assign_cpu",
@@ -573,6 +403,7 @@ std::tuple<at::Tensor, at::Tensor> group_layout_cpu(const at::Tensor& assign,
   return {perm, offsets};
 }
 
+}  // namespace
 }  // namespace inrflow
 
 TORCH_LIBRARY_IMPL(inrflow, CPU, m) {

@@ -1,5 +1,5 @@
-// Grouped local cross-attention on the CPU: op schemas, argument checks shared with the CUDA
-// registration (csrc/cuda/attention_cuda.cpp), and the at::parallel_for kernels.
+// Grouped local cross-attention on the CPU: the at::parallel_for kernels and their registration
+// (the schemas are in csrc/ops.cpp, the argument checks in csrc/checks.cpp).
 //
 // Work is cut as in the CUDA kernels (inrflow/grouped_attention.h): a task is one split of at most
 // kMaxSplit keys of one group for one kv head, over all query heads that share it, so Zipf-sized
@@ -8,8 +8,6 @@
 // products with independent accumulators and axpys over the head dim, which g++ vectorises; they
 // are compiled twice on x86-64 (baseline and target("avx2,fma,f16c")), picked at run time.
 // Accumulation: fp32 for fp32/fp16/bf16 (half rows are widened once per use), fp64 for fp64.
-#include <ATen/Config.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
@@ -19,87 +17,21 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
-#include "attention_ops.h"
+#include "../checks.h"
+#include "dispatch.h"
 #include "inrflow/grouped_attention.h"
 
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#warning "inrflow: compile with -fopenmp (ATen's parallel backend is OpenMP), or at::parallel_for runs serially"
-#endif
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define INRFLOW_ATTN_X86 1
-#define INRFLOW_ATTN_INLINE inline __attribute__((always_inline))
-#else
-#define INRFLOW_ATTN_X86 0
-#define INRFLOW_ATTN_INLINE inline
-#endif
+// Forced inlining, so that the AVX2 clones below compile these templates for their own ISA; and
+// whether x86-64 code (intrinsics, target clones) may be compiled here at all.
+#define INRFLOW_ATTN_INLINE INRFLOW_ALWAYS_INLINE
+#define INRFLOW_ATTN_X86 INRFLOW_X86_DISPATCH
 
 namespace inrflow {
-
-// ------------------------------------------------------------------------------------------------
-// Checks (shared with the CUDA registration)
-
-at::ScalarType lse_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
-
-AttentionDims check_attention(const char* op, const at::Tensor& q, const at::Tensor& k,
-                              const at::Tensor& v, const at::Tensor& offsets, double scale) {
-  TORCH_CHECK(q.dim() == 3, op, ": q must be [G, Hq, D], got shape ", q.sizes());
-  TORCH_CHECK(k.dim() == 3, op, ": k must be [T, Hkv, D], got shape ", k.sizes());
-  TORCH_CHECK(v.dim() == 3, op, ": v must be [T, Hkv, Dv], got shape ", v.sizes());
-  TORCH_CHECK(offsets.dim() == 1, op, ": offsets must be 1-D [G+1], got shape ", offsets.sizes());
-  const auto t = q.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble, op,
-              ": q must be float32, float16, bfloat16 or float64, got ", t);
-  TORCH_CHECK(k.scalar_type() == t && v.scalar_type() == t, op,
-              ": q, k and v must share one dtype, got ", t, ", ", k.scalar_type(), ", ",
-              v.scalar_type());
-  TORCH_CHECK(offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong, op,
-              ": offsets must be int32 or int64, got ", offsets.scalar_type());
-  TORCH_CHECK(k.device() == q.device() && v.device() == q.device() &&
-                  offsets.device() == q.device(),
-              op, ": q, k, v and offsets must be on one device, got ", q.device(), ", ",
-              k.device(), ", ", v.device(), ", ", offsets.device());
-  AttentionDims d{q.size(0), k.size(0), q.size(1), k.size(1), q.size(2), v.size(2)};
-  TORCH_CHECK(v.size(0) == d.tokens && v.size(1) == d.hkv, op, ": k ", k.sizes(), " and v ",
-              v.sizes(), " must agree on [T, Hkv]");
-  TORCH_CHECK(k.size(2) == d.dim, op, ": head dims of q (", d.dim, ") and k (", k.size(2),
-              ") differ");
-  TORCH_CHECK(d.dim >= 1 && d.dim_v >= 1, op, ": head dims must be >= 1, got D = ", d.dim,
-              ", Dv = ", d.dim_v);
-  TORCH_CHECK(d.hq >= 1 && d.hkv >= 1 && d.hq % d.hkv == 0, op, ": query heads Hq = ", d.hq,
-              " must be a positive multiple of kv heads Hkv = ", d.hkv);
-  TORCH_CHECK(offsets.size(0) == d.groups + 1, op, ": offsets must have G + 1 = ", d.groups + 1,
-              " entries, got ", offsets.size(0));
-  TORCH_CHECK(std::isfinite(scale), op, ": scale must be finite, got ", scale);
-  return d;
-}
-
-void check_attention_backward(const char* op, const AttentionDims& d, const at::Tensor& q,
-                              const at::Tensor& grad_out, const at::Tensor& out,
-                              const at::Tensor& lse) {
-  const std::vector<int64_t> out_shape{d.groups, d.hq, d.dim_v};
-  TORCH_CHECK(grad_out.sizes() == at::IntArrayRef(out_shape), op, ": grad_out must be ",
-              at::IntArrayRef(out_shape), ", got ", grad_out.sizes());
-  TORCH_CHECK(out.sizes() == at::IntArrayRef(out_shape), op, ": out must be ",
-              at::IntArrayRef(out_shape), ", got ", out.sizes());
-  TORCH_CHECK(lse.dim() == 2 && lse.size(0) == d.groups && lse.size(1) == d.hq, op,
-              ": lse must be [G, Hq] = [", d.groups, ", ", d.hq, "], got ", lse.sizes());
-  TORCH_CHECK(grad_out.scalar_type() == q.scalar_type() && out.scalar_type() == q.scalar_type(),
-              op, ": grad_out and out must have q's dtype ", q.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == lse_dtype(q.scalar_type()), op, ": lse must be ",
-              lse_dtype(q.scalar_type()), ", got ", lse.scalar_type());
-  TORCH_CHECK(grad_out.device() == q.device() && out.device() == q.device() &&
-                  lse.device() == q.device(),
-              op, ": grad_out, out and lse must be on q's device ", q.device());
-}
-
 namespace {
 
 constexpr const char* kFwd = "inrflow::grouped_cross_attention_forward";
@@ -364,30 +296,14 @@ void backward_items_baseline(const BwdArgs<T>& a, int64_t b, int64_t e) {
   backward_items<T>(a, b, e);
 }
 
-#if INRFLOW_ATTN_X86
 template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void forward_items_avx2(const FwdArgs<T>& a, int64_t b,
-                                                                  int64_t e) {
+INRFLOW_TARGET_AVX2_FMA void forward_items_avx2(const FwdArgs<T>& a, int64_t b, int64_t e) {
   forward_items<T>(a, b, e);
 }
 template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void backward_items_avx2(const BwdArgs<T>& a,
-                                                                   int64_t b, int64_t e) {
+INRFLOW_TARGET_AVX2_FMA void backward_items_avx2(const BwdArgs<T>& a, int64_t b, int64_t e) {
   backward_items<T>(a, b, e);
 }
-
-// INRFLOW_CPU_DISPATCH=baseline forces the baseline loops (as for the Fourier kernels).
-bool use_avx2() {
-  static const bool has = [] {
-    const char* forced = std::getenv("INRFLOW_CPU_DISPATCH");
-    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-  }();
-  return has;
-}
-#endif
 
 // Tasks per at::parallel_for chunk: about 64k multiply-adds each.
 int64_t grain(const AttentionDims& d, const CpuPlan& p) {
@@ -406,12 +322,10 @@ void forward_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
   FwdArgs<T> a{q.const_data_ptr<T>(), k.const_data_ptr<T>(), v.const_data_ptr<T>(),
                out.mutable_data_ptr<T>(), lse.mutable_data_ptr<A>(), part_ml.data(),
                part_acc.data(), &plan, d, static_cast<A>(scale)};
-  at::parallel_for(0, plan.splits() * d.hkv, grain(d, plan), [&](int64_t b, int64_t e) {
-#if INRFLOW_ATTN_X86
-    if (use_avx2()) return forward_items_avx2<T>(a, b, e);
-#endif
-    forward_items_baseline<T>(a, b, e);
-  });
+  cpu::parallel_for_isa(
+      cpu::Isa::kAvx2Fma, plan.splits() * d.hkv, grain(d, plan),
+      [&](int64_t b, int64_t e) { forward_items_avx2<T>(a, b, e); },
+      [&](int64_t b, int64_t e) { forward_items_baseline<T>(a, b, e); });
   // Empty groups and groups with several splits.
   at::parallel_for(0, d.groups, 64, [&](int64_t b, int64_t e) {
     std::vector<A> acc(d.dim_v);
@@ -455,12 +369,10 @@ void backward_typed(const at::Tensor& grad_out, const at::Tensor& q, const at::T
                v.const_data_ptr<T>(), out.const_data_ptr<T>(), lse.const_data_ptr<A>(),
                dq.mutable_data_ptr<T>(), dk.mutable_data_ptr<T>(), dv.mutable_data_ptr<T>(),
                part_dq.data(), &plan, d, static_cast<A>(scale)};
-  at::parallel_for(0, plan.splits() * d.hkv, grain(d, plan), [&](int64_t b, int64_t e) {
-#if INRFLOW_ATTN_X86
-    if (use_avx2()) return backward_items_avx2<T>(a, b, e);
-#endif
-    backward_items_baseline<T>(a, b, e);
-  });
+  cpu::parallel_for_isa(
+      cpu::Isa::kAvx2Fma, plan.splits() * d.hkv, grain(d, plan),
+      [&](int64_t b, int64_t e) { backward_items_avx2<T>(a, b, e); },
+      [&](int64_t b, int64_t e) { backward_items_baseline<T>(a, b, e); });
   const int64_t width = d.hq * d.dim;
   at::parallel_for(0, d.groups, 64, [&](int64_t b, int64_t e) {
     std::vector<A> acc(width);
@@ -491,8 +403,6 @@ void dispatch_float(at::ScalarType t, F&& f) {
       TORCH_CHECK(false, "inrflow: unsupported dtype ", t);
   }
 }
-
-}  // namespace
 
 std::tuple<at::Tensor, at::Tensor> grouped_cross_attention_forward_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& offsets,
@@ -537,8 +447,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_cross_attention_backward_
   return {dq, dk, dv};
 }
 
-namespace {
-
 at::Tensor grouped_cross_attention_cpu(const at::Tensor& q, const at::Tensor& k,
                                        const at::Tensor& v, const at::Tensor& offsets,
                                        double scale) {
@@ -547,23 +455,6 @@ at::Tensor grouped_cross_attention_cpu(const at::Tensor& q, const at::Tensor& k,
 
 }  // namespace
 }  // namespace inrflow
-
-TORCH_LIBRARY_FRAGMENT(inrflow, m) {
-  // One query per group attends to its group's keys: q [G, Hq, D], k [T, Hkv, D], v [T, Hkv, Dv],
-  // offsets [G+1] (CSR), Hq % Hkv == 0. Returns out [G, Hq, Dv]; empty groups give zeros.
-  m.def(
-      "grouped_cross_attention(Tensor q, Tensor k, Tensor v, Tensor offsets, float scale) "
-      "-> Tensor");
-  // The same, also returning the log-sum-exp [G, Hq] (float32; float64 for fp64 inputs; -inf for
-  // empty groups) that the backward needs. Autograd is attached to this op in Python.
-  m.def(
-      "grouped_cross_attention_forward(Tensor q, Tensor k, Tensor v, Tensor offsets, "
-      "float scale) -> (Tensor, Tensor)");
-  // (dq, dk, dv) from grad_out, the inputs and the forward's out and lse.
-  m.def(
-      "grouped_cross_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
-      "Tensor offsets, Tensor out, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
-}
 
 TORCH_LIBRARY_IMPL(inrflow, CPU, m) {
   m.impl("grouped_cross_attention", &inrflow::grouped_cross_attention_cpu);

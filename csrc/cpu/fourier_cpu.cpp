@@ -1,50 +1,26 @@
-// Fused Fourier embedding on the CPU: validation shared with the CUDA registrations, and the
-// at::parallel_for kernels.
+// Fused Fourier embedding on the CPU: the at::parallel_for kernels and their registration (the
+// schemas are in csrc/ops.cpp, the argument checks in csrc/checks.cpp).
 //
 // The fp32/fp16/bf16 forward evaluates the shared branch-free sincos of inrflow/fourier.h in an
 // inner loop over the frequencies that g++ auto-vectorises (-O3). Because the build cannot
 // assume AVX2, the loops are compiled twice on x86-64: once for the baseline ISA (exact product
 // by Dekker's split) and once with target("avx2,fma,f16c") (exact product by FMA), picked at run
-// time with __builtin_cpu_supports. The backward reads the forward output instead of x, so it
+// time (csrc/cpu/dispatch.h). The backward reads the forward output instead of x, so it
 // only multiplies and adds: grad_x[c] = sum_k f_k (g_sin[c,k] cos[c,k] - g_cos[c,k] sin[c,k]).
-#include "fourier_ops.h"
-
-#include <ATen/Config.h>
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
-#include <limits>
 #include <type_traits>
-#include <vector>
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
+#include "../checks.h"
+#include "dispatch.h"
 #include "inrflow/fourier.h"
-
-// With ATen's OpenMP backend, at::parallel_for is a header template that only runs in parallel
-// in translation units compiled with OpenMP; without it every kernel here uses one thread.
-#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
-#warning "inrflow: compile with -fopenmp (ATen's parallel backend is OpenMP), or at::parallel_for runs serially"
-#endif
-
-#if defined(__GNUC__) && defined(__x86_64__)
-#define INRFLOW_X86_DISPATCH 1
-#define INRFLOW_ALWAYS_INLINE inline __attribute__((always_inline))
-#else
-#define INRFLOW_X86_DISPATCH 0
-#define INRFLOW_ALWAYS_INLINE inline
-#endif
 
 #if defined(__GNUC__)
 #define INRFLOW_PREFETCH(p) __builtin_prefetch(p)
@@ -53,117 +29,6 @@
 #endif
 
 namespace inrflow {
-
-// ------------------------------------------------------------------------------------------------
-// Validation (shared with csrc/cuda/fourier_cuda.cpp)
-
-namespace {
-
-constexpr int64_t kMaxRowWidth = std::numeric_limits<int32_t>::max();
-
-bool supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
-}
-
-void check_freqs(const char* op, const at::Tensor& freqs) {
-  TORCH_CHECK(freqs.dim() == 1, op, ": freqs must be 1-D [F], got shape ", freqs.sizes());
-  TORCH_CHECK(freqs.scalar_type() == at::kFloat, op, ": freqs must be float32, got ",
-              freqs.scalar_type());
-  TORCH_CHECK(freqs.numel() >= 1, op, ": freqs must hold at least one frequency");
-}
-
-void check_width(const char* op, int64_t channels, int64_t num_freqs, bool include_input) {
-  // Overflow-safe form of channels * (2F + include_input) <= kMaxRowWidth.
-  const int64_t per_channel = 2 * num_freqs + (include_input ? 1 : 0);
-  TORCH_CHECK(channels <= kMaxRowWidth / per_channel, op, ": an output row of ", channels,
-              " channels x ", per_channel, " features exceeds the kernel limit of ", kMaxRowWidth,
-              " elements");
-}
-
-int64_t leading_rows(const at::Tensor& t) {
-  int64_t rows = 1;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) rows *= t.size(d);
-  return rows;
-}
-
-}  // namespace
-
-FourierDims check_fourier_forward(const at::Tensor& x, const at::Tensor& freqs,
-                                  bool include_input) {
-  constexpr const char* op = "inrflow::fourier_embed";
-  TORCH_CHECK(supported_dtype(x.scalar_type()), op,
-              ": x must be float32, float16, bfloat16 or float64, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() >= 1, op, ": x must have at least one dimension [..., C], got a scalar");
-  check_freqs(op, freqs);
-  TORCH_CHECK(x.device() == freqs.device(), op, ": x and freqs must be on the same device, got ",
-              x.device(), " and ", freqs.device());
-  FourierDims dims{leading_rows(x), x.size(-1), freqs.size(0), include_input};
-  check_width(op, dims.channels, dims.num_freqs, include_input);
-  return dims;
-}
-
-FourierDims check_fourier_backward(const at::Tensor& grad_out, const at::Tensor& out,
-                                   const at::Tensor& freqs, bool include_input) {
-  constexpr const char* op = "inrflow::fourier_embed_backward";
-  TORCH_CHECK(supported_dtype(out.scalar_type()), op,
-              ": out must be float32, float16, bfloat16 or float64, got ", out.scalar_type());
-  TORCH_CHECK(grad_out.scalar_type() == out.scalar_type(), op,
-              ": grad_out and out must have the same dtype, got ", grad_out.scalar_type(), " and ",
-              out.scalar_type());
-  TORCH_CHECK(out.dim() >= 1, op, ": out must have at least one dimension, got a scalar");
-  TORCH_CHECK(grad_out.sizes() == out.sizes(), op,
-              ": grad_out and out must have the same shape, got ", grad_out.sizes(), " and ",
-              out.sizes());
-  check_freqs(op, freqs);
-  TORCH_CHECK(grad_out.device() == out.device() && out.device() == freqs.device(), op,
-              ": grad_out, out and freqs must be on the same device, got ", grad_out.device(),
-              ", ", out.device(), " and ", freqs.device());
-  const int64_t num_freqs = freqs.size(0);
-  const int64_t per_channel = 2 * num_freqs + (include_input ? 1 : 0);
-  const int64_t width = out.size(-1);
-  TORCH_CHECK(width % per_channel == 0, op, ": out.size(-1) = ", width,
-              " is not a multiple of 2 * F", include_input ? " + 1" : "", " = ", per_channel,
-              " (F = ", num_freqs, ", include_input = ", include_input ? "True" : "False", ")");
-  FourierDims dims{leading_rows(out), width / per_channel, num_freqs, include_input};
-  check_width(op, dims.channels, dims.num_freqs, include_input);
-  return dims;
-}
-
-namespace {
-
-// Large CPU outputs are written once from fresh pages; first-touch page faults on 4 KiB pages
-// then cost as much as computing the embedding. Asking for transparent huge pages (what torch's
-// THP_MEM_ALLOC_ENABLE=1 does for every allocation) cuts the number of faults by 512.
-void advise_huge_pages(const at::Tensor& t) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
-  const size_t bytes = t.nbytes();
-  if (!t.device().is_cpu() || bytes < 4 * kHugePage) return;
-  const auto start = reinterpret_cast<uintptr_t>(t.const_data_ptr());
-  const uintptr_t begin = (start + kHugePage - 1) & ~(kHugePage - 1);
-  const uintptr_t end = (start + bytes) & ~(kHugePage - 1);
-  // Advisory only: failure (e.g. THP disabled) leaves ordinary pages.
-  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#else
-  (void)t;
-#endif
-}
-
-}  // namespace
-
-at::Tensor empty_fourier_output(const at::Tensor& x, const FourierDims& dims) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = dims.width();
-  at::Tensor out = at::empty(shape, x.options().memory_format(at::MemoryFormat::Contiguous));
-  advise_huge_pages(out);
-  return out;
-}
-
-at::Tensor empty_fourier_grad(const at::Tensor& out, const FourierDims& dims) {
-  std::vector<int64_t> shape(out.sizes().begin(), out.sizes().end());
-  shape.back() = dims.channels;
-  return at::empty(shape, out.options().memory_format(at::MemoryFormat::Contiguous));
-}
 
 // ------------------------------------------------------------------------------------------------
 // Kernels
@@ -355,7 +220,7 @@ void backward_rows_f64(const double* grad_out, const double* out, const float* f
 }
 
 // Row-range entry points, one per ISA. The AVX2 versions inline the same templates under
-// target("avx2,fma,f16c"), so the header math vectorises 8-wide with FMA there.
+// INRFLOW_TARGET_AVX2_FMA, so the header math vectorises 8-wide with FMA there.
 template <typename T>
 void forward_rows_baseline(const T* x, const float* f, T* out, int64_t begin, int64_t end,
                            int64_t channels, int64_t num_freqs, bool include_input,
@@ -370,34 +235,19 @@ void backward_rows_baseline(const T* grad_out, const T* out, const float* f, T* 
   backward_rows<T>(grad_out, out, f, grad_x, begin, end, channels, num_freqs, include_input);
 }
 
-#if INRFLOW_X86_DISPATCH
 template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void forward_rows_avx2(
+INRFLOW_TARGET_AVX2_FMA void forward_rows_avx2(
     const T* x, const float* f, T* out, int64_t begin, int64_t end, int64_t channels,
     int64_t num_freqs, bool include_input, float f_abs_max) {
   forward_rows<T, true>(x, f, out, begin, end, channels, num_freqs, include_input, f_abs_max);
 }
 
 template <typename T>
-__attribute__((target("avx2,fma,f16c"))) void backward_rows_avx2(
+INRFLOW_TARGET_AVX2_FMA void backward_rows_avx2(
     const T* grad_out, const T* out, const float* f, T* grad_x, int64_t begin, int64_t end,
     int64_t channels, int64_t num_freqs, bool include_input) {
   backward_rows<T>(grad_out, out, f, grad_x, begin, end, channels, num_freqs, include_input);
 }
-
-// True when the AVX2 clones may run. INRFLOW_CPU_DISPATCH=baseline (read once per process)
-// forces the baseline loops, so that tests can cover them on AVX2 machines.
-bool cpu_has_avx2_fma() {
-  static const bool has = [] {
-    const char* forced = std::getenv("INRFLOW_CPU_DISPATCH");
-    if (forced != nullptr && std::strcmp(forced, "baseline") == 0) return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
-  }();
-  return has;
-}
-#endif
 
 // max |f|, NaN if any frequency is NaN (so that the fast-path check fails).
 float abs_max(const float* f, int64_t n) {
@@ -427,17 +277,16 @@ void forward_typed(const at::Tensor& x, const at::Tensor& freqs, at::Tensor& out
     });
   } else {
     const float f_abs_max = abs_max(fp, d.num_freqs);
-    at::parallel_for(0, d.rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-#if INRFLOW_X86_DISPATCH
-      if (cpu_has_avx2_fma()) {
-        forward_rows_avx2<T>(xp, fp, op, begin, end, d.channels, d.num_freqs, d.include_input,
-                             f_abs_max);
-        return;
-      }
-#endif
-      forward_rows_baseline<T>(xp, fp, op, begin, end, d.channels, d.num_freqs, d.include_input,
+    cpu::parallel_for_isa(
+        cpu::Isa::kAvx2Fma, d.rows, grain_rows(d),
+        [&](int64_t begin, int64_t end) {
+          forward_rows_avx2<T>(xp, fp, op, begin, end, d.channels, d.num_freqs, d.include_input,
                                f_abs_max);
-    });
+        },
+        [&](int64_t begin, int64_t end) {
+          forward_rows_baseline<T>(xp, fp, op, begin, end, d.channels, d.num_freqs,
+                                   d.include_input, f_abs_max);
+        });
   }
 }
 
@@ -448,24 +297,23 @@ void backward_typed(const at::Tensor& grad_out, const at::Tensor& out, const at:
   const T* op = out.const_data_ptr<T>();
   const float* fp = freqs.const_data_ptr<float>();
   T* gx = grad_x.mutable_data_ptr<T>();
-  at::parallel_for(0, d.rows, grain_rows(d), [&](int64_t begin, int64_t end) {
-    if constexpr (std::is_same_v<T, double>) {
+  if constexpr (std::is_same_v<T, double>) {
+    at::parallel_for(0, d.rows, grain_rows(d), [&](int64_t begin, int64_t end) {
       backward_rows_f64(gp, op, fp, gx, begin, end, d.channels, d.num_freqs, d.include_input);
-    } else {
-#if INRFLOW_X86_DISPATCH
-      if (cpu_has_avx2_fma()) {
-        backward_rows_avx2<T>(gp, op, fp, gx, begin, end, d.channels, d.num_freqs,
-                              d.include_input);
-        return;
-      }
-#endif
-      backward_rows_baseline<T>(gp, op, fp, gx, begin, end, d.channels, d.num_freqs,
+    });
+  } else {
+    cpu::parallel_for_isa(
+        cpu::Isa::kAvx2Fma, d.rows, grain_rows(d),
+        [&](int64_t begin, int64_t end) {
+          backward_rows_avx2<T>(gp, op, fp, gx, begin, end, d.channels, d.num_freqs,
                                 d.include_input);
-    }
-  });
+        },
+        [&](int64_t begin, int64_t end) {
+          backward_rows_baseline<T>(gp, op, fp, gx, begin, end, d.channels, d.num_freqs,
+                                    d.include_input);
+        });
+  }
 }
-
-}  // namespace
 
 at::Tensor fourier_embed_cpu(const at::Tensor& x, const at::Tensor& freqs, bool include_input) {
   const FourierDims d = check_fourier_forward(x, freqs, include_input);
@@ -496,4 +344,10 @@ at::Tensor fourier_embed_backward_cpu(const at::Tensor& grad_out, const at::Tens
   return grad_x;
 }
 
+}  // namespace
 }  // namespace inrflow
+
+TORCH_LIBRARY_IMPL(inrflow, CPU, m) {
+  m.impl("fourier_embed", &inrflow::fourier_embed_cpu);
+  m.impl("fourier_embed_backward", &inrflow::fourier_embed_backward_cpu);
+}

@@ -1,5 +1,5 @@
-// CUDA registration of the assignment ops: torch wrappers that validate inputs (the checks of the
-// CPU path, csrc/cpu/assign_cpu.cpp), allocate outputs and workspace and call the torch-free
+// CUDA registration of the assignment ops: torch wrappers that validate inputs (the checks shared
+// with the CPU path, csrc/checks.h), allocate outputs and workspace and call the torch-free
 // launchers of csrc/kernels/assign.cu on the current stream. Host code (WITH_CUDA builds only).
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
@@ -12,7 +12,7 @@
 #include <tuple>
 #include <vector>
 
-#include "../cpu/assign_ops.h"
+#include "../checks.h"
 #include "cuda_utils.h"
 #include "inrflow/assign.h"
 #include "inrflow/nvtx.h"
@@ -28,7 +28,7 @@ at::Tensor nearest_assign_cuda(const at::Tensor& points, const at::Tensor& cente
   const c10::cuda::CUDAGuard guard(points.device());
   const at::Tensor pc = points.contiguous();
   const at::Tensor cc = centers.contiguous();
-  at::Tensor out = at::empty(assign_output_shape(points, dims), points.options().dtype(at::kLong));
+  at::Tensor out = at::empty(assign_output_shape(dims), points.options().dtype(at::kLong));
   if (out.numel() == 0) return out;
   const int32_t code = inrflow_nearest_assign(
       static_cast<int32_t>(to_dtype(points.scalar_type())), pc.const_data_ptr(),

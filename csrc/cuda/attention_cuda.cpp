@@ -1,9 +1,10 @@
 // CUDA registration of the grouped cross-attention ops: torch wrappers that validate inputs (the
-// checks shared with the CPU path), allocate outputs and workspace, and call the torch-free
-// launchers of csrc/kernels/grouped_attention.cu on the current stream. Host code, compiled only
-// in WITH_CUDA builds, so nvcc never sees torch headers. Offset *values* are not checked here
-// (that needs a device sync; the Python wrapper does it unless validate=False): the kernels clamp
-// them, so invalid offsets give unspecified results but never out-of-bounds accesses.
+// checks shared with the CPU path, csrc/checks.h), allocate outputs and workspace, and call the
+// torch-free launchers of csrc/kernels/grouped_attention.cu on the current stream. Host code,
+// compiled only in WITH_CUDA builds, so nvcc never sees torch headers. Offset *values* are not
+// checked here (that needs a device sync; the Python wrapper does it unless validate=False): the
+// kernels clamp them, so invalid offsets give unspecified results but never out-of-bounds
+// accesses.
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -14,7 +15,7 @@
 #include <cstdint>
 #include <tuple>
 
-#include "../cpu/attention_ops.h"
+#include "../checks.h"
 #include "cuda_utils.h"
 #include "inrflow/grouped_attention.h"
 #include "inrflow/nvtx.h"

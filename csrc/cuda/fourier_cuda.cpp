@@ -1,7 +1,7 @@
-// CUDA registration of the Fourier-embedding ops: torch wrappers that validate inputs (the same
-// checks as the CPU path), allocate outputs and call the torch-free launchers of
-// csrc/kernels/fourier.cu on the current stream. Compiled by the host compiler (only in WITH_CUDA builds), so nvcc never sees
-// torch headers.
+// CUDA registration of the Fourier-embedding ops: torch wrappers that validate inputs (the checks
+// shared with the CPU path, csrc/checks.h), allocate outputs and call the torch-free launchers of
+// csrc/kernels/fourier.cu on the current stream. Compiled by the host compiler (only in WITH_CUDA
+// builds), so nvcc never sees torch headers.
 #include <ATen/core/Tensor.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -10,7 +10,7 @@
 
 #include <cstdint>
 
-#include "../cpu/fourier_ops.h"
+#include "../checks.h"
 #include "cuda_utils.h"
 #include "inrflow/fourier.h"
 #include "inrflow/nvtx.h"

@@ -1,7 +1,7 @@
 // Assignment ops, CUDA kernels and their torch-free C launchers.
 //
 // Compiled by nvcc into inrflow._C (called from csrc/cuda/assign_cuda.cpp), and unchanged by g++
-// with csrc/simt/prelude.h into the emulated test library (tests/test_assign_kernels.py).
+// with tests/simt/prelude.h into the emulated test library (tests/test_assign_kernels.py).
 //
 // nearest_assign: one thread per point, a block of 256 points; the centres are staged in shared
 // memory in tiles of 256 (AoS, every thread reads the same centre: a broadcast), specialised for

@@ -1,7 +1,7 @@
 // Fused Fourier embedding, CUDA kernels and their torch-free C launchers.
 //
 // Compiled by nvcc into inrflow._C (called from csrc/cuda/fourier_cuda.cpp), and unchanged by g++ with
-// csrc/simt/prelude.h into the emulated test library (tests/test_fourier_kernels.py).
+// tests/simt/prelude.h into the emulated test library (tests/test_fourier_kernels.py).
 //
 // Forward: one thread per (row, channel, frequency); consecutive threads take consecutive
 // frequencies and channels, so the sin and cos stores of a warp are contiguous. Rows are handled

@@ -1,6 +1,6 @@
 // Grouped local cross-attention (one query per group), CUDA kernels and their torch-free C
 // launchers. Compiled by nvcc into inrflow._C (called from csrc/cuda/attention_cuda.cpp) and
-// unchanged by g++ with csrc/simt/prelude.h into the emulated test library
+// unchanged by g++ with tests/simt/prelude.h into the emulated test library
 // (tests/test_attention_kernels.py). Split plan and merge math: inrflow/grouped_attention.h.
 //
 // With one query per group, flash-attention's 64-128-row query tiles would be almost empty, so

@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
 
 from inrflow.checkpoints import load_checkpoint_model, stored_dataset_info
 from inrflow.cli.options import (
@@ -37,9 +35,8 @@ from inrflow.cli.options import (
     settings_line,
     solver_options,
 )
-from inrflow.data.io import save_image_grid, save_ply
-from inrflow.generation import generate, image_shape, load_condition, parse_labels
-from inrflow.model import INRFlow
+from inrflow.domains import SampleRequest, domain_for
+from inrflow.generation import load_condition, parse_labels
 from inrflow.sampling import SolverStats
 
 __all__ = ["build_parser", "main"]
@@ -124,10 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: {exc}") from None
     info, ckpt = stored_dataset_info(meta), meta["checkpoint"]
     filled = apply_run_defaults(args, meta.get("train_config", {}))
-    if info["domain"] == "protein":
-        _check_output(args.out, folder=True, flag="--out")
-        return _sample_proteins(args, model, meta)
-    _check_output(args.out, folder=info["domain"] != "image", flag="--out")
+    domain = domain_for(info["domain"])
+    _check_output(args.out, folder=domain.writes_folder, flag="--out")
     _check_output(args.npz, folder=False, flag="--npz")
     try:
         labels = parse_labels(args.labels, args.num, model.config.num_classes)
@@ -140,52 +135,39 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"sample.py: {exc}") from None
     guided = labels is not None or cond is not None
     print(settings_line(args, str(ckpt), meta["step"], args.num, guided, filled), flush=True)
-    stats = SolverStats()
-    out = generate(
-        model,
-        info,
+    request = SampleRequest(
         args.num,
-        labels=labels,
-        cond=cond,
-        cfg_scale=args.cfg_scale,
-        resolution=resolution,
-        num_points=args.points,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        chunk_size=args.chunk_size,
-        stats=stats,
-        **solver_options(args),
+        Path(args.out) if args.out else None,
+        args.seed,
+        labels,
+        cond,
+        args.cfg_scale,
+        resolution,
+        args.points,
+        args.batch_size,
+        args.chunk_size,
+        solver_options(args),
+        SolverStats(),
+        args.nrow,
+        class_rows=args.labels in (None, "all"),
+        structures=args.structures,
     )
-    print(f"[inrflow] {stats.describe()}", flush=True)
-    bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())
-    if bad:
-        raise SystemExit(
-            f"sample.py: {bad} of {out.shape[0]} samples contain NaN or infinite values (the "
-            f"checkpoint's weights or the sampler settings are broken); nothing was written"
-        )
-    if info["domain"] == "image":
-        hw = image_shape(info, resolution)
-        path = Path(args.out or "samples.png")
-        nrow = args.nrow or (
-            model.config.num_classes
-            if labels is not None
-            and args.labels in (None, "all")
-            and args.num % model.config.num_classes == 0
-            else None
-        )
-        save_image_grid(out, hw, path, nrow=nrow, scale=max(1, 128 // max(hw)))
-    else:
-        path = Path(args.out or "samples")
-        for i, cloud in enumerate(out):
-            save_ply(cloud, path / f"sample_{i:04d}.ply")
-    if args.npz:
+    try:
+        path, out = domain.sample_files(model, info, meta.get("train_config", {}), request, _say)
+    except (OSError, ValueError, KeyError) as exc:
+        raise SystemExit(f"sample.py: {exc}") from None
+    if args.npz and out is not None:
         np.savez(
             args.npz,
             samples=out.numpy(),
             labels=labels.numpy() if labels is not None else np.zeros(0),
         )
-    print(f"[inrflow] wrote {path}", flush=True)
+    _say(f"wrote {path}")
     return 0
+
+
+def _say(msg: str) -> None:
+    print(f"[inrflow] {msg}", flush=True)
 
 
 def _check_output(path: str | None, folder: bool, flag: str) -> None:
@@ -200,64 +182,6 @@ def _check_output(path: str | None, folder: bool, flag: str) -> None:
     parent = next((q for q in p.parents if q.exists()), None)
     if parent is not None and not parent.is_dir():
         raise SystemExit(f"sample.py: {flag} {p}: {parent} is a file, not a folder")
-
-
-def _sample_proteins(args: argparse.Namespace, model: INRFlow, meta: dict[str, Any]) -> int:
-    import json
-
-    from inrflow.data.proteins import ProteinDataset
-    from inrflow.domains.folding import evaluate_structures
-
-    info, train = stored_dataset_info(meta), meta.get("train_config", {})
-    source = args.structures or train.get("data", "proteins")
-    split = "all" if args.structures else "test"
-    try:
-        ds = ProteinDataset(
-            source,
-            max_residues=info["max_residues"],
-            split=split,
-            position_scale=info["position_scale"],
-            residue_embeddings=info.get("residue_embeddings"),
-            frame=info.get("frame", "file"),  # checkpoints from before the frame option
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise SystemExit(f"sample.py: {exc}") from None
-    if ds.coord_dim != model.config.coord_dim:
-        raise SystemExit(
-            f"sample.py: the structures give {ds.coord_dim} feature channels, the model "
-            f"takes {model.config.coord_dim}"
-        )
-    out = Path(args.out or "predicted")
-    print(
-        f"[inrflow] {meta['checkpoint']} (step {meta['step']}): {len(ds)} chains from {source}",
-        flush=True,
-    )
-    stats = SolverStats()
-    scores = evaluate_structures(
-        model,
-        ds,
-        steps=args.steps,
-        method=args.method,
-        seed=args.seed,
-        out_dir=out,
-        time_shift=args.time_shift,
-        atol=args.atol,
-        rtol=args.rtol,
-        stats=stats,
-    )
-    print(f"[inrflow] {stats.describe()}", flush=True)
-    for name, s in scores["chains"].items():
-        print(
-            f"  {name}: {s['residues']} residues, Cα lDDT {s['lddt_ca']:.3f}, "
-            f"TM-score {s['tm_score']:.3f}"
-        )
-    print(
-        f"[inrflow] mean Cα lDDT {scores['lddt_ca']:.3f}, TM-score {scores['tm_score']:.3f}; "
-        f"PDBs in {out}",
-        flush=True,
-    )
-    (out / "scores.json").write_text(json.dumps(scores, indent=1))
-    return 0
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 from inrflow.data import BUNDLED, CoordinateDataset
 
-from .base import DataOptions, Domain, RunOptions, SampleRun
+from .base import DataOptions, Domain, RunOptions, SampleRequest, SampleRun
 from .image import ImageDomain
 from .pointcloud import PointCloudDomain
 from .protein import ProteinDomain
@@ -26,6 +26,7 @@ __all__ = [
     "DataOptions",
     "Domain",
     "RunOptions",
+    "SampleRequest",
     "SampleRun",
     "build_dataset",
     "domain_for",

@@ -22,10 +22,20 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from inrflow.data import CoordinateDataset, FlowCollate
+from inrflow.generation import generate
 from inrflow.model import INRFlow, get_config
 from inrflow.model.config import INRFlowConfig
+from inrflow.sampling import SolverStats
 
-__all__ = ["DataOptions", "Domain", "RunOptions", "SampleRun", "image_scale", "score_final"]
+__all__ = [
+    "DataOptions",
+    "Domain",
+    "RunOptions",
+    "SampleRequest",
+    "SampleRun",
+    "image_scale",
+    "score_final",
+]
 
 
 class DataOptions(Protocol):
@@ -88,6 +98,34 @@ class SampleRun:
         return torch.arange(num, device=self.device) % k if k > 0 else None
 
 
+@dataclasses.dataclass
+class SampleRequest:
+    """What the sampling application asks of a domain (``sample.py``'s options, checked).
+
+    ``labels`` / ``cond``: classes and condition tokens of the samples (None: unconditional);
+    ``resolution`` / ``num_points``: the output grid or point count (None: the training one);
+    ``solver``: the sampler options of :func:`inrflow.generation.generate` (``steps``,
+    ``method``, ``time_shift``, ...); ``nrow``: images per grid row (None: one class per row
+    when the labels cycle over all classes, ``class_rows``); ``structures``: proteins, the
+    chains to predict (None: the run's held-out chains)."""
+
+    num: int
+    out: Path | None = None
+    seed: int = 0
+    labels: torch.Tensor | None = None
+    cond: torch.Tensor | None = None
+    cfg_scale: float = 1.0
+    resolution: tuple[int, ...] | None = None
+    num_points: int | None = None
+    batch_size: int = 64
+    chunk_size: int = 1 << 16
+    solver: dict[str, Any] = dataclasses.field(default_factory=dict)
+    stats: SolverStats | None = None
+    nrow: int | None = None
+    class_rows: bool = True
+    structures: str | None = None
+
+
 class Domain:
     """One kind of data. Subclasses set ``name`` (the model preset family) and override what
     differs; the defaults are those of data on a fixed set of coordinates with optional class
@@ -129,8 +167,8 @@ class Domain:
 
     def model_config(self, options: RunOptions, ds: CoordinateDataset) -> INRFlowConfig:
         """The preset ``options.size`` of this domain fitted to ``ds``, with ``options.model``
-        overrides. The model's own random label / token dropout is off: the flow-matching
-        draws of the data pipeline drop them (per sample, from its seed)."""
+        overrides. (Labels and tokens are dropped for classifier-free guidance by the
+        flow-matching draws of the collation, :meth:`collate`.)"""
         num_classes = ds.num_classes if options.class_conditional else 0
         fitted: dict[str, Any] = {"value_dim": ds.value_dim, "num_classes": num_classes}
         fitted.update(self.fitted_fields(ds))
@@ -138,8 +176,6 @@ class Domain:
             fitted["cond_dim"] = ds.cond_dim
             fitted["cond_tokens"] = ds.cond_tokens
         fitted.update(options.model)
-        fitted["class_dropout"] = 0.0
-        fitted["cond_dropout"] = 0.0
         return get_config(options.size, self.name, **fitted)
 
     # -- training batches --------------------------------------------------------------------
@@ -163,8 +199,26 @@ class Domain:
     def generate(
         self, run: SampleRun, num: int, labels: torch.Tensor | None, seed: int
     ) -> torch.Tensor:
-        """``num`` samples at the training resolution / point count."""
-        raise NotImplementedError
+        """``num`` samples at the training resolution / point count, the condition tokens of
+        the first items where the data have them (image-to-3D), through
+        :func:`inrflow.generation.generate` (the sampling application's path)."""
+        ds, o = run.dataset, run.options
+        cond = None
+        if getattr(ds, "cond_dim", 0):
+            cond = torch.stack([torch.from_numpy(ds.condition(i % len(ds))) for i in range(num)])
+        return generate(
+            run.model,
+            self.dataset_info(ds),
+            num,
+            labels=labels,
+            cond=cond,
+            cfg_scale=o.cfg_scale,
+            steps=o.sample_steps,
+            method=o.sample_method,
+            seed=seed,
+            batch_size=num,
+            progress=False,
+        )
 
     def periodic(self, run: SampleRun) -> Path | None:
         """Samples of the current step (``--sample-every``): written, and scored where the
@@ -174,6 +228,61 @@ class Domain:
     def final(self, run: SampleRun) -> dict[str, Any]:
         """The end of a completed run: final samples, written and scored (the figures the
         domain's demo prints); returns the summary entries."""
+        raise NotImplementedError
+
+    # -- the sampling application ------------------------------------------------------------
+    #: samples are written to a folder (else to one file); the output's name by default
+    writes_folder: ClassVar[bool] = True
+    default_out: ClassVar[str] = "samples"
+
+    def sample_files(
+        self,
+        model: INRFlow,
+        info: dict[str, Any],
+        train: dict[str, Any],
+        request: SampleRequest,
+        log: Callable[[str], None],
+    ) -> tuple[Path, torch.Tensor | None]:
+        """``sample.py``: draw ``request.num`` samples from a checkpoint's model (``info``: the
+        stored dataset description, ``train``: the run's train config) and write them; returns
+        where, and the samples. Samples with NaN or infinite values raise ``ValueError``
+        before anything is written."""
+        out = generate(
+            model,
+            info,
+            request.num,
+            labels=request.labels,
+            cond=request.cond,
+            cfg_scale=request.cfg_scale,
+            resolution=request.resolution,
+            num_points=request.num_points,
+            seed=request.seed,
+            batch_size=request.batch_size,
+            chunk_size=request.chunk_size,
+            stats=request.stats,
+            **request.solver,
+        )
+        if request.stats is not None:
+            log(request.stats.describe())
+        bad = int((~torch.isfinite(out.reshape(out.shape[0], -1))).any(1).sum())
+        if bad:
+            raise ValueError(
+                f"{bad} of {out.shape[0]} samples contain NaN or infinite values (the "
+                f"checkpoint's weights or the sampler settings are broken); nothing was written"
+            )
+        path = request.out or Path(self.default_out)
+        self.write(out, info, path, request, model.config.num_classes)
+        return path, out
+
+    def write(
+        self,
+        samples: torch.Tensor,
+        info: dict[str, Any],
+        path: Path,
+        request: SampleRequest,
+        num_classes: int,
+    ) -> None:
+        """Write the samples of :meth:`sample_files` to ``path``."""
         raise NotImplementedError
 
 

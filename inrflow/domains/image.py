@@ -10,11 +10,10 @@ import torch
 
 from inrflow.data import BUNDLED, CoordinateDataset, DigitsDataset, ImageFolderDataset
 from inrflow.data.io import save_image_grid
-from inrflow.model.latent_grouping import grid_coords
+from inrflow.generation import image_shape
 from inrflow.nvtx import nvtx_range
-from inrflow.sampling import sample
 
-from .base import DataOptions, Domain, SampleRun, image_scale, score_final
+from .base import DataOptions, Domain, SampleRequest, SampleRun, image_scale, score_final
 
 __all__ = ["ImageDomain"]
 
@@ -26,6 +25,8 @@ class ImageDomain(Domain):
 
     name = "image"
     bundled = ("digits",)
+    writes_folder = False
+    default_out = "samples.png"
 
     def holds(self, path: Path) -> bool:
         return path.is_dir()  # a folder nothing else claimed: images
@@ -41,26 +42,6 @@ class ImageDomain(Domain):
             )
         return ImageFolderDataset(
             path, options.resolution or 256, hflip=options.hflip, channels=options.channels
-        )
-
-    def generate(
-        self, run: SampleRun, num: int, labels: torch.Tensor | None, seed: int
-    ) -> torch.Tensor:
-        o = run.options
-        g = torch.Generator(run.device).manual_seed(seed)
-        coords = grid_coords(run.dataset.shape, device=run.device)
-        scale = o.cfg_scale if labels is not None else 1.0
-        return sample(
-            run.model,
-            None,
-            coords,
-            o.sample_steps,
-            o.sample_method,
-            scale,
-            labels,
-            g,
-            batch_size=num,
-            progress=False,
         )
 
     def periodic(self, run: SampleRun) -> Path | None:
@@ -97,3 +78,18 @@ class ImageDomain(Domain):
         )
         run.log(f"{num} final samples: {path}")
         return {"sample_seconds": seconds, "samples": str(path), **score_final(run, out, labels)}
+
+    def write(
+        self,
+        samples: torch.Tensor,
+        info: dict[str, Any],
+        path: Path,
+        request: SampleRequest,
+        num_classes: int,
+    ) -> None:
+        """A PNG grid; one class per row when the labels cycle over all classes."""
+        hw = image_shape(info, request.resolution)
+        nrow = request.nrow
+        if nrow is None and request.labels is not None and request.class_rows:
+            nrow = num_classes if request.num % num_classes == 0 else None
+        save_image_grid(samples, hw, path, nrow=nrow, scale=image_scale(hw))

@@ -14,9 +14,8 @@ import torch
 from inrflow.data import CoordinateDataset, PointCloudDataset, ShapesDataset
 from inrflow.data.io import save_ply, save_point_cloud_grid
 from inrflow.nvtx import nvtx_range
-from inrflow.sampling import sample
 
-from .base import DataOptions, Domain, SampleRun, score_final
+from .base import DataOptions, Domain, SampleRequest, SampleRun, score_final
 
 __all__ = ["HEADLINE", "PointCloudDomain", "class_picture", "save_class_clouds"]
 
@@ -46,33 +45,6 @@ class PointCloudDomain(Domain):
             return ShapesDataset(options.num_points or 512, rotate=options.rotate)
         return PointCloudDataset(
             Path(spec).expanduser(), options.num_points or 2048, options.normalization
-        )
-
-    def generate(
-        self, run: SampleRun, num: int, labels: torch.Tensor | None, seed: int
-    ) -> torch.Tensor:
-        o, ds = run.options, run.dataset
-        g = torch.Generator(run.device).manual_seed(seed)
-        guided = labels is not None
-        cond = None
-        if getattr(ds, "cond_dim", 0):  # image-to-3D: the tokens of the first items
-            cond = torch.stack(
-                [torch.from_numpy(ds.condition(i % len(ds))) for i in range(num)]
-            ).to(run.device)
-            guided = True
-        noise = torch.randn(num, ds.shape[0], ds.value_dim, generator=g, device=run.device)
-        return sample(
-            run.model,
-            None,
-            None,
-            o.sample_steps,
-            o.sample_method,
-            o.cfg_scale if guided else 1.0,
-            labels,
-            g,
-            cond=cond,
-            noise=noise,
-            progress=False,
         )
 
     def periodic(self, run: SampleRun) -> Path | None:
@@ -114,6 +86,18 @@ class PointCloudDomain(Domain):
         run.log(f"{num} final samples: {path}")
         result.update(score_final(run, out, labels))
         return result
+
+    def write(
+        self,
+        samples: torch.Tensor,
+        info: dict[str, Any],
+        path: Path,
+        request: SampleRequest,
+        num_classes: int,
+    ) -> None:
+        """One PLY file per cloud, ``sample_0000.ply``, ..."""
+        for i, cloud in enumerate(samples):
+            save_ply(cloud, path / f"sample_{i:04d}.ply")
 
 
 def save_class_clouds(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,8 @@ from inrflow.data.proteins import _is_structure
 from inrflow.model import INRFlow
 from inrflow.nvtx import nvtx_range
 
-from .base import DataOptions, Domain, RunOptions, SampleRun
-from .folding import report_table, spaced, structure_report
+from .base import DataOptions, Domain, RunOptions, SampleRequest, SampleRun
+from .folding import evaluate_structures, report_table, spaced, structure_report
 
 __all__ = ["SCORED_TRAIN_CHAINS", "SCORED_TRAIN_CHAINS_PERIODIC", "ProteinDomain"]
 
@@ -26,6 +27,10 @@ __all__ = ["SCORED_TRAIN_CHAINS", "SCORED_TRAIN_CHAINS_PERIODIC", "ProteinDomain
 # the periodic evaluations (--sample-every) that trace the learning curve
 SCORED_TRAIN_CHAINS = 64
 SCORED_TRAIN_CHAINS_PERIODIC = 12
+
+
+# the sampler options a structure prediction takes (no resolution, no guidance)
+_STRUCTURE_SOLVER = ("steps", "method", "time_shift", "atol", "rtol")
 
 
 class ProteinDomain(Domain):
@@ -87,6 +92,53 @@ class ProteinDomain(Domain):
         if folder is not None:
             result["samples"] = str(folder)
         return result
+
+    default_out = "predicted"
+
+    def sample_files(
+        self,
+        model: INRFlow,
+        info: dict[str, Any],
+        train: dict[str, Any],
+        request: SampleRequest,
+        log: Callable[[str], None],
+    ) -> tuple[Path, torch.Tensor | None]:
+        """One predicted structure per chain of ``request.structures`` (default: the run's
+        held-out chains), scored against the true one (Cα lDDT, TM-score): PDB files and
+        ``scores.json`` in the output folder."""
+        source = request.structures or train.get("data", "proteins")
+        ds = ProteinDataset(
+            source,
+            max_residues=info["max_residues"],
+            split="all" if request.structures else "test",
+            position_scale=info["position_scale"],
+            residue_embeddings=info.get("residue_embeddings"),
+            frame=info.get("frame", "file"),  # checkpoints from before the frame option
+        )
+        if ds.coord_dim != model.config.coord_dim:
+            raise ValueError(
+                f"the structures give {ds.coord_dim} feature channels, the model "
+                f"takes {model.config.coord_dim}"
+            )
+        out = request.out or Path(self.default_out)
+        log(f"{len(ds)} chains from {source}")
+        solver = {k: v for k, v in request.solver.items() if k in _STRUCTURE_SOLVER}
+        scores = evaluate_structures(
+            model, ds, seed=request.seed, out_dir=out, stats=request.stats, **solver
+        )
+        if request.stats is not None:
+            log(request.stats.describe())
+        for name, sc in scores["chains"].items():
+            print(
+                f"  {name}: {sc['residues']} residues, Cα lDDT {sc['lddt_ca']:.3f}, "
+                f"TM-score {sc['tm_score']:.3f}"
+            )
+        log(
+            f"mean Cα lDDT {scores['lddt_ca']:.3f}, TM-score {scores['tm_score']:.3f}; "
+            f"PDBs in {out}"
+        )
+        (out / "scores.json").write_text(json.dumps(scores, indent=1))
+        return out, None
 
     def _evaluate(self, run: SampleRun, tag: str, final: bool) -> tuple[Path | None, dict]:
         """Sample one structure per held-out chain and per training chain (at most

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 ENCODERS = ("local", "perceiver", "linear")
 ENCODER_FORMS = ("folded", "unfolded", "dense")
 PSEUDO_COORDS = ("grid", "random", "kmeans++", "hash", "residue")
 COND_NULLS = ("learned", "zeros")
 DOMAINS = ("image", "pointcloud", "protein")
+
+
+# fields of stored configs that older versions had: the model's own random label and token
+# dropout (always switched off by the trainer), now only the flow-matching draws'
+RETIRED_FIELDS = ("class_dropout", "cond_dropout")
 
 
 @dataclass(frozen=True)
@@ -86,10 +93,10 @@ class INRFlowConfig:
     rope_theta: float = 100.0
 
     # --- conditioning --------------------------------------------------------------------------
+    # Labels and tokens are dropped to the null ones for classifier-free guidance by the
+    # flow-matching draws of the training data (inrflow.flow.draw_sample), not by the model.
     num_classes: int = 0  # 0 = no class labels; the null (CFG) class is index num_classes
-    class_dropout: float = 0.1
     cond_dim: int = 0  # width of optional condition tokens (0 = none), e.g. 774 for image-to-3D
-    cond_dropout: float = 0.1
     cond_null: str = "learned"  # CFG null condition token: learned | zeros (fixed)
     # tokens per sample of the training data: an unconditional request (cond=None) gets this
     # many null tokens, as dropped samples had in training (it matters when the trunk's
@@ -100,6 +107,18 @@ class INRFlowConfig:
     time_scale: float = 1000.0  # t in [0, 1] is scaled before the sinusoids (DiT uses 0..1000)
 
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes, not used
+
+    @classmethod
+    def from_dict(cls, stored: Mapping[str, Any]) -> INRFlowConfig:
+        """A stored config (checkpoint manifest, export): lists back to tuples, and the fields
+        of older versions that the model no longer has (``RETIRED_FIELDS``) left out."""
+        return cls(
+            **{
+                k: tuple(v) if isinstance(v, list) else v
+                for k, v in stored.items()
+                if k not in RETIRED_FIELDS
+            }
+        )
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> None:

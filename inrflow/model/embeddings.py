@@ -123,12 +123,13 @@ class TimestepEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class labels -> ``[B, H]``; row ``num_classes`` is the null class used for CFG.
 
-    In training mode each label is replaced by the null class with probability ``dropout``.
+    ``drop`` ``[B]`` bool replaces labels by the null class (classifier-free guidance: the
+    training data's draws decide which).
     """
 
-    def __init__(self, num_classes: int, hidden: int, dropout: float) -> None:
+    def __init__(self, num_classes: int, hidden: int) -> None:
         super().__init__()
-        self.num_classes, self.dropout = num_classes, dropout
+        self.num_classes = num_classes
         self.table = nn.Embedding(num_classes + 1, hidden)
 
     def forward(self, labels: torch.Tensor, drop: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,11 +142,9 @@ class CondEmbedder(nn.Module):
     """Condition tokens ``[B, M, cond_dim]`` -> ``[B, M, H]``; dropped samples (CFG) get every
     token replaced by a null token, learned or fixed at zero (``learned_null=False``)."""
 
-    def __init__(
-        self, cond_dim: int, hidden: int, dropout: float, learned_null: bool = True
-    ) -> None:
+    def __init__(self, cond_dim: int, hidden: int, learned_null: bool = True) -> None:
         super().__init__()
-        self.dropout, self.learned_null = dropout, learned_null
+        self.learned_null = learned_null
         if learned_null:
             self.null = nn.Parameter(torch.empty(cond_dim))
         else:  # a zero buffer: persistent so checkpoints of either kind load alike

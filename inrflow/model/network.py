@@ -47,11 +47,9 @@ class INRFlow(nn.Module):
         cfg = self.config = config
         h = cfg.hidden
         self.t_embed = TimestepEmbedder(h, cfg.time_freq_dim, cfg.time_scale)
-        self.y_embed = (
-            LabelEmbedder(cfg.num_classes, h, cfg.class_dropout) if cfg.num_classes > 0 else None
-        )
+        self.y_embed = LabelEmbedder(cfg.num_classes, h) if cfg.num_classes > 0 else None
         self.cond_embed = (
-            CondEmbedder(cfg.cond_dim, h, cfg.cond_dropout, learned_null=cfg.cond_null == "learned")
+            CondEmbedder(cfg.cond_dim, h, learned_null=cfg.cond_null == "learned")
             if cfg.cond_dim > 0
             else None
         )
@@ -199,11 +197,7 @@ class INRFlow(nn.Module):
             if labels is None:  # unconditional request: every sample gets the null class
                 labels = torch.full((b,), cfg.num_classes, device=device, dtype=torch.long)
             labels = self._check_labels(labels, b, device)
-            drop = force_drop
-            if self.training and cfg.class_dropout > 0:
-                rnd = torch.rand(b, device=device) < cfg.class_dropout
-                drop = rnd if drop is None else drop | rnd
-            c = c + self.y_embed(labels, drop).to(c.dtype)
+            c = c + self.y_embed(labels, force_drop).to(c.dtype)
         elif labels is not None:
             raise ValueError("labels were given but the model has num_classes=0")
         memory = None
@@ -217,9 +211,6 @@ class INRFlow(nn.Module):
                         f"cond must be [B={b}, M, {cfg.cond_dim}], got {tuple(cond.shape)}"
                     )
                 drop = force_drop
-                if self.training and cfg.cond_dropout > 0:
-                    rnd = torch.rand(b, device=device) < cfg.cond_dropout
-                    drop = rnd if drop is None else drop | rnd
             memory = self.cond_embed(cond, drop)
         elif cond is not None:
             raise ValueError("cond tokens were given but the model has cond_dim=0")

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import INRFlowConfig
+from .config import RETIRED_FIELDS, INRFlowConfig
 from .network import INRFlow
 
 __all__ = [
@@ -91,10 +91,9 @@ def load_pretrained(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     config = read_pretrained_config(path)
     fields = {f.name for f in dataclasses.fields(INRFlowConfig)}
-    unknown = sorted(set(config["model_config"]) - fields)
+    unknown = sorted(set(config["model_config"]) - fields - set(RETIRED_FIELDS))
     if unknown:
         raise ValueError(f"{path}: model config fields unknown to this inrflow: {unknown}")
-    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in config["model_config"].items()}
-    model = INRFlow(INRFlowConfig(**kw))
+    model = INRFlow(INRFlowConfig.from_dict(config["model_config"]))
     model.load_state_dict(load_file(str(Path(path) / WEIGHTS_FILE)), strict=True)
     return model.to(device).eval()

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 
 import torch
 
-from inrflow import _extension
 from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import get_backend, use_extension
+from inrflow.ops._registry import register_op
 
 __all__ = ["grid_assign", "grid_centers", "group_layout", "nearest_assign"]
 
@@ -227,25 +227,6 @@ def _fake_group_layout(assign: torch.Tensor, num_groups: int) -> tuple[torch.Ten
     return perm, offsets
 
 
-def _register() -> None:
-    """Attach fake kernels to the compiled ops that exist; idempotent."""
-    if "assign" in _REGISTERED or not _extension.extension_available():
-        return
-    fakes = {
-        "nearest_assign": _fake_nearest_assign,
-        "grid_assign": _fake_grid_assign,
-        "group_layout": _fake_group_layout,
-    }
-    present = {name: fn for name, fn in fakes.items() if _extension.has_op(name)}
-    if not present:
-        return
-    _REGISTERED.add("assign")
-    has = torch._C._dispatch_has_kernel_for_dispatch_key
-    for name, fn in present.items():
-        if not has(f"inrflow::{name}", "Meta"):
-            torch.library.register_fake(f"inrflow::{name}")(fn)
-    _extension.clear_kernel_cache()
-
-
-_REGISTERED: set[str] = _extension.registered_ops
-_register()
+register_op("nearest_assign", fake=_fake_nearest_assign)
+register_op("grid_assign", fake=_fake_grid_assign)
+register_op("group_layout", fake=_fake_group_layout)

@@ -17,10 +17,10 @@ import math
 
 import torch
 
-from inrflow import _extension
 from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
+from inrflow.ops._registry import register_op
 
 __all__ = ["grouped_cross_attention"]
 
@@ -111,7 +111,7 @@ def grouped_cross_attention(
 
 
 # ------------------------------------------------------------------------------------------------
-# Registrations for the compiled ops (only when inrflow._C defines them).
+# Registrations for the compiled ops (only when inrflow._C defines them; see _registry.py).
 #
 # * autograd: the public op's Autograd kernel calls grouped_cross_attention_forward, whose
 #   registered autograd saves (q, k, v, offsets, out, lse) and runs the backward op. lse is not
@@ -119,12 +119,6 @@ def grouped_cross_attention(
 # * fake: shape/dtype propagation for FakeTensor / torch.compile / meta tensors.
 # * FLOPs: forward 2 T Hq (D + Dv) (scores and weighted sum, one multiply-add each), backward
 #   twice that (dq, dk, dp and dv), torch's convention for SDPA (recomputation not counted).
-
-_OPS = (
-    "grouped_cross_attention",
-    "grouped_cross_attention_forward",
-    "grouped_cross_attention_backward",
-)
 
 
 def _setup_context(ctx, inputs, output) -> None:  # torch.library callback
@@ -160,6 +154,10 @@ def _no_double_backward(ctx, *grads):  # torch.library callback
         "create_graph=True through the attention) is not implemented by the extension kernels; "
         "run that part under inrflow.ops.use_backend('reference')"
     )
+
+
+def _no_context(ctx, inputs, output) -> None:  # torch.library callback
+    pass
 
 
 def _public_autograd(q, k, v, offsets, scale):  # Autograd kernel of the public op
@@ -212,41 +210,25 @@ def _flops_backward(grad_shape, q_shape, k_shape, v_shape, *args, out_shape=None
     return 2 * attention_flops(q_shape, k_shape, v_shape)
 
 
-_LIB: torch.library.Library | None = None
-
-
-def _register() -> None:
-    """Attach autograd, fake kernels and FLOP formulas to the compiled ops; idempotent."""
-    global _LIB
-    if "grouped_cross_attention" in _REGISTERED or not _extension.extension_available():
-        return
-    if not all(_extension.has_op(name) for name in _OPS):
-        return
-    _REGISTERED.add("grouped_cross_attention")
-    has_key = torch._C._dispatch_has_kernel_for_dispatch_key
-    fakes = (_fake_public, _fake_forward, _fake_backward)
-    for name, fake in zip(_OPS, fakes, strict=True):
-        if not has_key(f"inrflow::{name}", "Meta"):
-            torch.library.register_fake(f"inrflow::{name}")(fake)
-    torch.library.register_autograd(
-        "inrflow::grouped_cross_attention_forward", _backward, setup_context=_setup_context
-    )
-    torch.library.register_autograd(
-        "inrflow::grouped_cross_attention_backward",
-        _no_double_backward,
-        setup_context=lambda ctx, inputs, output: None,
-    )
-    if not has_key("inrflow::grouped_cross_attention", "Autograd"):
-        _LIB = torch.library.Library("inrflow", "IMPL")  # module global: keeps the kernel
-        _LIB.impl("grouped_cross_attention", _public_autograd, "Autograd")
-    from torch.utils.flop_counter import register_flop_formula
-
-    ops = torch.ops.inrflow
-    register_flop_formula(ops.grouped_cross_attention)(_flops_forward)
-    register_flop_formula(ops.grouped_cross_attention_forward)(_flops_forward)
-    register_flop_formula(ops.grouped_cross_attention_backward)(_flops_backward)
-    _extension.clear_kernel_cache()
-
-
-_REGISTERED: set[str] = _extension.registered_ops
-_register()
+register_op(
+    "grouped_cross_attention",
+    fake=_fake_public,
+    autograd_kernel=_public_autograd,
+    flops=_flops_forward,
+    needs=("grouped_cross_attention_forward",),
+)
+register_op(
+    "grouped_cross_attention_forward",
+    fake=_fake_forward,
+    backward=_backward,
+    setup_context=_setup_context,
+    flops=_flops_forward,
+    needs=("grouped_cross_attention_backward",),
+)
+register_op(
+    "grouped_cross_attention_backward",
+    fake=_fake_backward,
+    backward=_no_double_backward,
+    setup_context=_no_context,
+    flops=_flops_backward,
+)

@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from inrflow import _extension
 from inrflow.nvtx import nvtx_range
 from inrflow.ops import _checks, reference
 from inrflow.ops._backend import use_extension
+from inrflow.ops._registry import register_op
 
 __all__ = ["fourier_embed", "fourier_frequencies"]
 
@@ -79,7 +79,7 @@ def fourier_embed(
 
 
 # ------------------------------------------------------------------------------------------------
-# Registrations for the compiled op (only when inrflow._C defines it).
+# Registrations for the compiled ops (only when inrflow._C defines them; see _registry.py).
 #
 # * autograd: the backward is itself a registered op, so it runs on the same device kernels.
 #   It takes the forward *output* (d sin = f cos, d cos = -f sin are in it) rather than x. The
@@ -162,28 +162,16 @@ def _fake_backward(
     return out.new_empty((*out.shape[:-1], out.shape[-1] // per_channel))
 
 
-def _register() -> None:
-    """Attach autograd and fake kernels to the compiled ops; idempotent."""
-    if "fourier_embed" in _REGISTERED or not _extension.extension_available():
-        return
-    if not (_extension.has_op("fourier_embed") and _extension.has_op("fourier_embed_backward")):
-        return
-    _REGISTERED.add("fourier_embed")
-    has_meta = torch._C._dispatch_has_kernel_for_dispatch_key
-    if not has_meta("inrflow::fourier_embed", "Meta"):
-        torch.library.register_fake("inrflow::fourier_embed")(_fake_forward)
-    if not has_meta("inrflow::fourier_embed_backward", "Meta"):
-        torch.library.register_fake("inrflow::fourier_embed_backward")(_fake_backward)
-    torch.library.register_autograd(
-        "inrflow::fourier_embed", _backward, setup_context=_setup_context
-    )
-    torch.library.register_autograd(
-        "inrflow::fourier_embed_backward",
-        _backward_backward,
-        setup_context=_setup_context_backward,
-    )
-    _extension.clear_kernel_cache()
-
-
-_REGISTERED: set[str] = _extension.registered_ops
-_register()
+register_op(
+    "fourier_embed",
+    fake=_fake_forward,
+    backward=_backward,
+    setup_context=_setup_context,
+    needs=("fourier_embed_backward",),
+)
+register_op(
+    "fourier_embed_backward",
+    fake=_fake_backward,
+    backward=_backward_backward,
+    setup_context=_setup_context_backward,
+)

@@ -1,5 +1,5 @@
-"""Signals of progress that the mean loss hides: the loss per band of flow time, and the scores
-of the periodic samples.
+"""Signals of progress that the mean loss hides: the loss per band of flow time (here), and the
+scores of the periodic samples (the domain's, e.g. :mod:`inrflow.domains.pointcloud`).
 
 Why: with noise paired to data at random, the flow-matching loss has a high floor (the part of
 ``x1 - x0`` no predictor can know), and on point clouds all of a shape's detail is decided at

@@ -144,8 +144,7 @@ def adopt_stored_config(trainer: Trainer, found: list[tuple[int, Path]]) -> None
                 + "; ".join(conflicts)
                 + ". Use the run's data, or --overwrite / another --out for a new run"
             )
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()}
-        stored_config = INRFlowConfig(**fields)
+        stored_config = INRFlowConfig.from_dict(stored)
         if stored_config != trainer.model_config:
             trainer.say(
                 "resuming: the model architecture stored in the checkpoint overrides "

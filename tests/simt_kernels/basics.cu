@@ -1,5 +1,5 @@
 // Self-test kernels for the SIMT emulator (tests/test_simt_emulator.py). Plain CUDA C++: nvcc
-// compiles this file unchanged, and so does g++ with csrc/simt/prelude.h force-included.
+// compiles this file unchanged, and so does g++ with tests/simt/prelude.h force-included.
 #include <cstdint>
 
 #include <cuda_bf16.h>

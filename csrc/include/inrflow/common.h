@@ -1,5 +1,5 @@
 // Torch-free definitions shared by the CUDA kernels (nvcc), the CPU kernels (g++) and the
-// emulated kernel test build (g++ + csrc/simt/prelude.h).
+// emulated kernel test build (g++ + tests/simt/prelude.h).
 #pragma once
 
 #include <cstdint>

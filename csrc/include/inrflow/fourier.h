@@ -1,5 +1,5 @@
 // Fused Fourier embedding: the per-element math shared by the CPU kernel (g++), the CUDA kernel
-// (nvcc) and the emulated CUDA test build (g++ + csrc/simt/prelude.h), plus the C ABI of the
+// (nvcc) and the emulated CUDA test build (g++ + tests/simt/prelude.h), plus the C ABI of the
 // CUDA launchers. Torch-free.
 //
 // Layout of one output row for an input row x[0..C) and frequencies f[0..F):

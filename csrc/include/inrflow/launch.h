@@ -2,7 +2,7 @@
 //
 // g++ cannot parse `kernel<<<grid, block, smem, stream>>>(...)`, so kernels are launched through
 // the typed variadic `cudaLaunchKernelEx` template of the CUDA runtime. nvcc gets it from
-// cuda_runtime.h; the test-only emulation prelude (csrc/simt/prelude.h) provides the same
+// cuda_runtime.h; the test-only emulation prelude (tests/simt/prelude.h) provides the same
 // template, which runs the kernel on the CPU with one fiber per CUDA thread.
 #pragma once
 

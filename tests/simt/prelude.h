@@ -1,8 +1,8 @@
 // Test-only SIMT emulation prelude: lets g++ compile the unchanged CUDA kernel files of
-// csrc/kernels/*.cu so that pytest can run them on the CPU (see csrc/simt/README.md). Use it as
+// csrc/kernels/*.cu so that pytest can run them on the CPU (see tests/simt/README.md). Use it as
 //   g++ -x c++ -std=c++17 -O1 -fno-strict-aliasing -fno-extern-tls-init -fPIC
-//       -include csrc/simt/prelude.h -I csrc/include -I $CUDA_HOME/include kernel.cu ...
-// and link csrc/simt/runtime.cpp; tests/emulation.py does all of that, and also defines the
+//       -include tests/simt/prelude.h -I csrc/include -I $CUDA_HOME/include kernel.cu ...
+// and link tests/simt/runtime.cpp; tests/emulation.py does all of that, and also defines the
 // symbols of `extern __shared__` arrays at link time.
 //
 // Every CUDA thread of a block is a user-level fiber on one OS thread; `__syncthreads` and the
