@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from inrflow.checkpoints import list_checkpoints
+from inrflow.data import DigitsDataset
 from inrflow.data.base import CoordinateDataset
 from inrflow.train import TrainConfig, Trainer
 from inrflow.train.config import flag
@@ -150,6 +151,23 @@ def copy_run(src: Path, dst: Path, keep_steps: list[int]) -> Path:
             shutil.copytree(path, dst / "checkpoints" / path.name)
     shutil.copy(src / "metrics.csv", dst / "metrics.csv")
     return dst
+
+
+class Poisoned(DigitsDataset):
+    """Digits whose items in ``bad`` are NaN."""
+
+    def __init__(self, bad: set[int], size: int | None = None) -> None:
+        super().__init__()
+        self.bad, self.size = bad, size
+
+    def __len__(self) -> int:
+        return self.size or super().__len__()
+
+    def load(self, index, rng):
+        item = super().load(index, rng)
+        if index in self.bad or "all" in self.bad:
+            item["values"] = torch.full_like(item["values"], float("nan"))
+        return item
 
 
 # ------------------------------------------------------------------------------------------------

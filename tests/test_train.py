@@ -20,6 +20,7 @@ import torch
 from helpers import (
     REPO,
     TINY_MODEL,
+    Poisoned,
     ckpt_steps,
     copy_run,
     losses,
@@ -360,23 +361,6 @@ def test_stored_architecture_wins_on_resume(tmp_path) -> None:
 # ------------------------------------------------------------------------------------------------
 # non-finite steps and bad data
 # ------------------------------------------------------------------------------------------------
-
-
-class Poisoned(DigitsDataset):
-    """Digits whose items in ``bad`` are NaN."""
-
-    def __init__(self, bad: set[int], size: int | None = None) -> None:
-        super().__init__()
-        self.bad, self.size = bad, size
-
-    def __len__(self) -> int:
-        return self.size or super().__len__()
-
-    def load(self, index, rng):
-        item = super().load(index, rng)
-        if index in self.bad or "all" in self.bad:
-            item["values"] = torch.full_like(item["values"], float("nan"))
-        return item
 
 
 def test_nonfinite_steps_are_skipped(tmp_path) -> None:

@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_config
-from test_train import Poisoned
+from helpers import Poisoned, tiny_config
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from inrflow.ops import _checks
