@@ -175,6 +175,45 @@ def test_point_clouds_as_ply_at_any_point_count(shapes_run, tmp_path) -> None:
     assert np.isfinite(pts).all()
 
 
+def test_point_clouds_get_a_picture_next_to_the_ply_files(shapes_run, tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "clouds"
+    argv = ["--ckpt", str(shapes_run), "--num", "3", "--steps", "1", "--out", str(folder)]
+    # classes 0 and 6: one row each, two real held-out shapes (the bundled shapes) then the
+    # samples asked for that class (two of class 0, one of class 6)
+    assert main([*argv, "--labels", "0,6"]) == 0
+    png = folder / "samples.png"
+    assert len(sorted(folder.glob("*.ply"))) == 3
+    with Image.open(png) as im:  # cells of 1.6 inches at 80 dpi: 128 pixels
+        assert im.size == (4 * 128, 2 * 128)
+    # unconditional: one row of the samples, nothing real beside them
+    folder = tmp_path / "unconditional"
+    argv = ["--ckpt", str(shapes_run), "--num", "3", "--steps", "1", "--out", str(folder)]
+    assert main([*argv, "--labels", "none"]) == 0
+    with Image.open(folder / "samples.png") as im:
+        assert im.size == (3 * 128, 128)
+
+
+def test_a_sample_folder_with_its_picture_is_evaluated_as_point_clouds(
+    shapes_run, tmp_path, capsys
+) -> None:
+    import json
+
+    from inrflow.cli.evaluate import main as evaluate_main
+
+    pytest.importorskip("matplotlib")
+    folder = tmp_path / "clouds"
+    argv = ["--ckpt", str(shapes_run), "--num", "4", "--steps", "1", "--out", str(folder)]
+    assert main(argv) == 0
+    assert (folder / "samples.png").is_file()
+    np.save(tmp_path / "refs.npy", np.random.default_rng(0).random((4, 32, 3)) * 2 - 1)
+    out = tmp_path / "pc.json"
+    argv = ["--samples", str(folder), "--ref", str(tmp_path / "refs.npy"), "--emd", "none"]
+    assert evaluate_main([*argv, "--out", str(out), "--no-progress"]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["kind"] == "pointcloud" and report["metrics"]["num_samples"] == 4
+
+
 def test_errors_are_clear(digits_run, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit, match="does not exist"):
         main(["--ckpt", str(tmp_path / "missing")])

@@ -1,10 +1,13 @@
 """``evaluate.py`` (the application; the metrics themselves are :mod:`inrflow.metrics`): metrics
-of generated samples (a folder/file of samples, or a checkpoint that is
-sampled first) against a reference set; prints a table and writes a JSON report.
+of generated samples (a folder/file of samples, or a checkpoint that is sampled first) against a
+reference set; prints a table and writes a JSON report.
 
-Kinds: ``image`` (FID or rFID, KID, precision/recall, IS), ``pointcloud`` (MMD/COV/1-NNA with CD
-and EMD), ``digits`` (accuracy of class-conditional samples and FD/KID in the feature space of
-the digits classifier; the reference is the bundled real digits).
+What the samples are and how they are scored is the domain's (:mod:`inrflow.domains`): the
+domain that recognises the sample files (or the checkpoint's domain) reads them and scores them
+(:meth:`~inrflow.domains.Domain.score`); ``--kind`` names one of the domains' scorings instead:
+``image`` (FID or rFID, KID, precision/recall, IS), ``digits`` (accuracy of class-conditional
+samples and FD/KID in the feature space of the digits classifier; the reference is the bundled
+real digits), ``pointcloud`` (MMD/COV/1-NNA with CD and EMD).
 """
 
 from __future__ import annotations
@@ -32,54 +35,36 @@ from inrflow.cli.options import (
     solver_options,
 )
 from inrflow.cli.upsampling import compare_upsampling, format_comparison
-from inrflow.generation import sample_from_model
-from inrflow.metrics.images import load_images
-from inrflow.metrics.inception import WEIGHTS_ENV
-from inrflow.metrics.io import (
-    check_labels,
-    detect_kind,
-    load_labels,
-    load_point_clouds,
-    load_samples,
+from inrflow.domains import (
+    Domain,
+    ScoreRequest,
+    domain_for,
+    domain_of_kind,
+    domain_of_samples,
+    sample_kinds,
 )
+from inrflow.generation import sample_from_model
+from inrflow.metrics.inception import WEIGHTS_ENV
+from inrflow.metrics.io import load_labels, stored_labels
 
 __all__ = ["build_parser", "evaluate", "main"]
 
-KINDS = ("auto", "image", "pointcloud", "digits")
 DEFAULT_NUM = 500  # samples generated from a checkpoint unless --num says otherwise
 
 
 def reference_bits_per_dim(
-    model: torch.nn.Module, args: argparse.Namespace, device: torch.device
-) -> dict[str, Any]:
+    model: torch.nn.Module, domain: Domain, args: argparse.Namespace, device: torch.device
+) -> tuple[dict[str, Any], str]:
     """Bits per dimension (:func:`inrflow.sampling.bits_per_dim` of
     :func:`inrflow.sampling.log_likelihood`, values in the model's range) of the first
-    ``args.bpd`` items of the reference set: the real digits (with their labels) for
-    ``--ref digits``, else images (mapped to [-1, 1]) or point clouds of ``--ref``."""
-    from inrflow.metrics.images import to_unit_float
-    from inrflow.model import grid_coords
+    ``args.bpd`` items of the reference set ``--ref``, read by the model's domain
+    (:meth:`~inrflow.domains.Domain.reference_items`: the real digits by default for images);
+    returns the figures and what was read."""
     from inrflow.sampling import SolverStats, bits_per_dim, log_likelihood
 
-    cfg = model.config
-    labels = None
-    if cfg.coords_are_values:
-        if not args.ref:
-            raise ValueError("--bpd needs --ref (point clouds)")
-        values, coords = load_point_clouds(args.ref)[: args.bpd].float(), None
-    else:
-        if args.ref in (None, "digits"):
-            from inrflow.data.digits import load_real_digits
-
-            images, digit_labels = load_real_digits()
-            x = torch.from_numpy(images[: args.bpd]).float()[:, None]
-            labels = torch.from_numpy(digit_labels[: args.bpd]) if cfg.num_classes else None
-        else:
-            x = to_unit_float(load_images(args.ref, limit=args.bpd), args.ref_value_range)
-        n, c, h, w = x.shape
-        if c != cfg.value_dim:
-            raise ValueError(f"--bpd: the reference has {c} channels, the model {cfg.value_dim}")
-        values = (x * 2 - 1).permute(0, 2, 3, 1).reshape(n, h * w, c)
-        coords = grid_coords((h, w), cfg.coord_low, cfg.coord_high)
+    rvr = tuple(args.ref_value_range) if args.ref_value_range else None
+    items = domain.reference_items(args.ref, args.bpd, model.config, rvr)
+    values, coords, labels = items.values, items.coords, items.labels
     gen = torch.Generator().manual_seed(args.seed)
     stats = SolverStats()
     out = []
@@ -101,13 +86,14 @@ def reference_bits_per_dim(
         )
         out.append(bits_per_dim(ll, v.shape[1] * v.shape[2]).cpu())
     bpd = torch.cat(out)
-    return {
+    figures = {
         "bpd": float(bpd.mean()),
         "bpd-std": float(bpd.std()) if len(bpd) > 1 else 0.0,
         "bpd-num": len(bpd),
         "bpd-nfe-per-batch": stats.nfe_per_call,
         "bpd-divergence": "exact" if args.hutchinson is None else f"hutchinson-{args.hutchinson}",
     }
+    return figures, items.source
 
 
 def evaluate(args: argparse.Namespace) -> dict[str, Any]:
@@ -123,16 +109,20 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
 
         stats = SolverStats()
         model, meta = load_sampling_model(args, device)
+        domain = domain_for(meta["domain"])
     if args.ckpt and args.num == 0:  # likelihood only
-        report_bpd = reference_bits_per_dim(model, args, device)
-        settings = {"kind": "likelihood", "samples": None, "reference": args.ref or "digits"}
+        report_bpd, reference = reference_bits_per_dim(model, domain, args, device)
+        settings = {"kind": "likelihood", "samples": None, "reference": reference}
         return {
             "metrics": report_bpd,
             "settings": settings,
             "environment": {"torch": torch.__version__, "device": str(device)},
             "wall_time_s": round(time.perf_counter() - t0, 3),
         }
+    if args.kind != "auto":
+        domain = domain_of_kind(args.kind)
     if args.ckpt:
+        kind = _kind(domain, args, meta)  # before minutes of sampling: the domain may score none
         samples, labels = sample_from_model(
             model,
             meta,
@@ -155,8 +145,13 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                 arrays["labels"] = labels.numpy()
             np.savez(out, **arrays)
     else:
-        samples, labels, data_kind = load_samples(Path(args.samples), args.kind)
-        meta.setdefault("domain", data_kind)
+        path = Path(args.samples)
+        if args.kind == "auto":
+            domain = domain_of_samples(path)
+        elif not path.exists():
+            raise FileNotFoundError(f"samples not found: {path}")
+        kind = _kind(domain, args, meta)
+        samples, labels = domain.read_samples(path), stored_labels(path)
         source = str(args.samples)
         if args.num:
             samples = samples[: args.num]
@@ -168,83 +163,29 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         if bad:
             raise ValueError(f"{bad} of {samples.shape[0]} samples contain NaN or infinite values")
 
-    kind = args.kind
-    if kind == "auto":
-        if args.ref == "digits" or str(meta.get("dataset", "")).lower() == "digits":
-            kind = "digits"
-        else:
-            kind = meta.get("domain") if meta.get("domain") in ("image", "pointcloud") else None
-            kind = kind or detect_kind(samples)
     settings: dict[str, Any] = {"kind": kind, "samples": source, "reference": args.ref}
     vr = tuple(args.value_range) if args.value_range else None
-    if args.ckpt and vr is None and kind in ("image", "digits"):
-        vr = (-1.0, 1.0)  # inrflow image values
-    rvr = tuple(args.ref_value_range) if args.ref_value_range else None
-
-    metrics: dict[str, Any]
-    if kind == "digits":
-        from inrflow.data.digits import load_real_digits
-        from inrflow.metrics.digits import digits_metrics
-
-        refs = None if args.ref in (None, "digits") else load_images(args.ref)
-        if labels is not None:
-            check_labels(labels, 10, samples.shape[0])
-        metrics = digits_metrics(samples, labels, refs=refs, value_range=vr, ref_value_range=rvr)
-        if args.metrics:  # Inception-family numbers as well, on request
-            from inrflow.metrics.images import compute_image_metrics
-
-            real = torch.from_numpy(load_real_digits()[0]).float() if refs is None else refs
-            metrics.update(
-                compute_image_metrics(
-                    samples,
-                    real,
-                    weights=args.inception_weights,
-                    seed=args.rfid_seed,
-                    metrics=args.metrics,
-                    batch_size=args.batch_size,
-                    value_range=vr,
-                    ref_value_range=(0.0, 1.0) if refs is None else rvr,
-                    device=device,
-                    progress=progress,
-                )
-            )
-    elif kind == "image":
-        from inrflow.metrics.images import compute_image_metrics
-
-        if not args.ref:
-            raise SystemExit("evaluate.py: image metrics need --ref (a folder or array file)")
-        metrics = compute_image_metrics(
-            samples,
-            args.ref,
-            weights=args.inception_weights,
-            seed=args.rfid_seed,
-            metrics=args.metrics or ("fd", "kid", "pr", "is"),
-            batch_size=args.batch_size,
-            value_range=vr,
-            ref_value_range=rvr,
-            device=device,
-            progress=progress,
-        )
-    elif kind == "pointcloud":
-        from inrflow.metrics.pointcloud import point_cloud_metrics
-
-        if not args.ref:
-            raise SystemExit("evaluate.py: point-cloud metrics need --ref")
-        refs = load_point_clouds(args.ref)
-        metrics = point_cloud_metrics(
-            samples.double(),
-            refs.double(),
-            emd_method=args.emd,
-            backend=args.cd_backend,
-            normalize=None if args.normalize == "none" else args.normalize,
-            device=device,
-            progress=progress,
-        )
-    else:
-        raise SystemExit(f"evaluate.py: unknown kind {kind!r}")
+    if args.ckpt and vr is None:
+        vr = (-1.0, 1.0)  # the model's value range (point clouds take no value range)
+    request = ScoreRequest(
+        kind,
+        args.ref,
+        value_range=vr,
+        ref_value_range=tuple(args.ref_value_range) if args.ref_value_range else None,
+        metrics=args.metrics,
+        inception_weights=args.inception_weights,
+        rfid_seed=args.rfid_seed,
+        batch_size=args.batch_size,
+        emd=args.emd,
+        cd_backend=args.cd_backend,
+        normalize=None if args.normalize == "none" else args.normalize,
+        device=device,
+        progress=progress,
+    )
+    metrics = domain.score(samples, labels, request)
 
     if args.ckpt and args.bpd:
-        metrics.update(reference_bits_per_dim(model, args, device))
+        metrics.update(reference_bits_per_dim(model, domain, args, device)[0])
     report = {
         "metrics": metrics,
         "settings": settings,
@@ -270,6 +211,12 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             seed=args.seed,
         )
     return report
+
+
+def _kind(domain: Domain, args: argparse.Namespace, meta: dict[str, Any]) -> str:
+    """``--kind``, or the domain's scoring of samples against ``--ref`` (``meta``: the
+    checkpoint's, whose ``dataset`` is the run's ``--data``)."""
+    return args.kind if args.kind != "auto" else domain.scoring(args.ref, meta.get("dataset"))
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -319,7 +266,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ref", help="reference set (folder or file), or 'digits' for the bundled real digits"
     )
-    p.add_argument("--kind", choices=KINDS, default="auto", help="what the samples are")
+    p.add_argument(
+        "--kind",
+        choices=("auto", *sample_kinds()),
+        default="auto",
+        help="how to score the samples (auto: the domain that recognises the files, or the "
+        "checkpoint's, picks; digits when --ref or the training data is the bundled digits)",
+    )
     p.add_argument(
         "--labels",
         help="class labels of the samples (.npy/.npz/.pt/.txt); an .npz "

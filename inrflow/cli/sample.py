@@ -11,7 +11,8 @@ the queries to t = 1 (clean images at any size, fine-grid model calls only after
 side, so both share their noise; otherwise a separate trajectory). Point clouds:
 the first ``N_train`` of the requested points are the context; a model trained with condition
 tokens (image-to-3D) takes them from ``--cond`` (an .npy/.npz of ``[M, Dc]`` or ``[B, M, Dc]``
-tokens), guided by ``--cfg-scale``.
+tokens), guided by ``--cfg-scale``; the clouds are written as PLY files with a picture of them,
+``samples.png``, in the output folder.
 Proteins: one structure per chain of ``--structures`` (default: the run's held-out chains),
 scored against the true structure (Cα lDDT, TM-score) and written as PDB files.
 """
@@ -49,6 +50,7 @@ examples:
   python sample.py --ckpt runs/digits --resolution 32 --labels 3,3,3,7 --out big.png
   python sample.py --ckpt runs/digits --resolution 16 32 --out wide.png
   python sample.py --ckpt runs/shapes/checkpoints/step_000003000 --points 4096 --out clouds/
+                                                    # PLY files and clouds/samples.png
   python sample.py --ckpt runs/img3d --cond image_tokens.npz --cfg-scale 3 --num 4 --out clouds/
   python sample.py --ckpt runs/protein --out predicted/            # held-out chains, scored
   python sample.py --ckpt runs/protein --structures my_pdbs/ --out predicted/
@@ -96,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out",
         default=None,
-        help="PNG grid for images (default samples.png), folder of PLY files for "
-        "point clouds (default samples/)",
+        help="PNG grid for images (default samples.png), folder of PLY files and their "
+        "picture samples.png for point clouds (default samples/)",
     )
     p.add_argument("--nrow", type=int, default=None, help="images per grid row")
     p.add_argument("--npz", default=None, help="also save the raw samples and labels to this .npz")

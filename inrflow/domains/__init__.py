@@ -3,7 +3,9 @@
 ``domain_for(name)`` gives the domain object of a name (``image``, ``pointcloud``,
 ``protein``; a dataset's ``.domain``, a checkpoint's ``dataset.domain``);
 ``domain_of_data(spec, task)`` the one that ``--data`` (and ``--task``) names;
-``build_dataset(spec, ...)`` the dataset. Adding a domain: a module with a
+``build_dataset(spec, ...)`` the dataset; ``domain_of_samples(path)`` the one whose samples a
+path holds and ``domain_of_kind(kind)`` the one offering a scoring of sample files (both for
+``evaluate.py``). Adding a domain: a module with a
 :class:`~inrflow.domains.base.Domain` subclass, and one entry in ``DOMAINS`` below (see
 ``docs/ARCHITECTURE.md``).
 """
@@ -16,7 +18,15 @@ from types import SimpleNamespace
 
 from inrflow.data import BUNDLED, CoordinateDataset
 
-from .base import DataOptions, Domain, RunOptions, SampleRequest, SampleRun
+from .base import (
+    DataOptions,
+    Domain,
+    ReferenceItems,
+    RunOptions,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+)
 from .image import ImageDomain
 from .pointcloud import PointCloudDomain
 from .protein import ProteinDomain
@@ -25,16 +35,21 @@ __all__ = [
     "DOMAINS",
     "DataOptions",
     "Domain",
+    "ReferenceItems",
     "RunOptions",
     "SampleRequest",
     "SampleRun",
+    "ScoreRequest",
     "build_dataset",
     "domain_for",
     "domain_of_data",
+    "domain_of_kind",
+    "domain_of_samples",
+    "sample_kinds",
 ]
 
-#: every domain, in the order they are asked whether a ``--data`` path holds their data (the
-#: image domain, which takes any other folder, last)
+#: every domain, in the order they are asked whether a ``--data`` path holds their data, or a
+#: samples path their samples (the image domain, which takes any other folder, last)
 DOMAINS: dict[str, Domain] = {
     d.name: d for d in (ProteinDomain(), PointCloudDomain(), ImageDomain())
 }
@@ -67,6 +82,33 @@ def domain_of_data(spec: str | os.PathLike, task: str | None = None) -> Domain:
         if domain.holds(path):
             return domain
     return DOMAINS["image"]  # its build_dataset says what a path it cannot read should be
+
+
+def sample_kinds() -> tuple[str, ...]:
+    """Every scoring of sample files the domains offer (``evaluate.py --kind``)."""
+    return tuple(kind for domain in DOMAINS.values() for kind in domain.sample_kinds)
+
+
+def domain_of_kind(kind: str) -> Domain:
+    """The domain offering the scoring ``kind`` (one of :func:`sample_kinds`)."""
+    for domain in DOMAINS.values():
+        if kind in domain.sample_kinds:
+            return domain
+    raise ValueError(f"unknown kind {kind!r} (known: {', '.join(sample_kinds())})")
+
+
+def domain_of_samples(path: str | os.PathLike) -> Domain:
+    """The first domain that recognises the samples at ``path`` (``evaluate.py --samples``).
+    A path that does not exist, or that no domain recognises, raises ``FileNotFoundError``."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"samples not found: {path}")
+    for domain in DOMAINS.values():
+        if domain.recognises(path):
+            return domain
+    raise FileNotFoundError(
+        f"{path}: no samples that a domain recognises (kinds: {', '.join(sample_kinds())})"
+    )
 
 
 def build_dataset(

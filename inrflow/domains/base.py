@@ -30,9 +30,11 @@ from inrflow.sampling import SolverStats
 __all__ = [
     "DataOptions",
     "Domain",
+    "ReferenceItems",
     "RunOptions",
     "SampleRequest",
     "SampleRun",
+    "ScoreRequest",
     "image_scale",
     "score_final",
 ]
@@ -124,6 +126,46 @@ class SampleRequest:
     nrow: int | None = None
     class_rows: bool = True
     structures: str | None = None
+
+
+@dataclasses.dataclass
+class ScoreRequest:
+    """What the evaluation application asks of a domain to score generated samples
+    (``evaluate.py``'s options, checked).
+
+    ``kind``: one of the domain's :attr:`Domain.sample_kinds`; ``reference``: the reference
+    set (a path, or a name the domain knows such as ``digits``; None: the domain's default
+    where it has one); ``value_range`` / ``ref_value_range``: the value ranges of image samples
+    and references (None: inferred); ``metrics``: the image metrics asked for (None: the
+    kind's default); ``emd``, ``cd_backend``, ``normalize``: the point-cloud metrics' options
+    (:func:`inrflow.metrics.pointcloud.point_cloud_metrics`)."""
+
+    kind: str
+    reference: str | None
+    value_range: tuple[float, float] | None = None
+    ref_value_range: tuple[float, float] | None = None
+    metrics: list[str] | None = None
+    inception_weights: str | None = None
+    rfid_seed: int = 0
+    batch_size: int = 64
+    emd: str = "auto"
+    cd_backend: str = "auto"
+    normalize: str | None = None
+    device: torch.device = dataclasses.field(default_factory=lambda: torch.device("cpu"))
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class ReferenceItems:
+    """Items of a reference set as the model takes them (the likelihood of real data):
+    ``values`` ``[N, L, C]`` in the model's value range, ``coords`` ``[L, D]`` shared by every
+    item (None when the values are the coordinates), ``labels`` ``[N]`` (None: unconditional),
+    and ``source``, what was read."""
+
+    values: torch.Tensor
+    coords: torch.Tensor | None
+    labels: torch.Tensor | None
+    source: str
 
 
 class Domain:
@@ -284,6 +326,53 @@ class Domain:
     ) -> None:
         """Write the samples of :meth:`sample_files` to ``path``."""
         raise NotImplementedError
+
+    # -- the evaluation application ----------------------------------------------------------
+    #: the scorings of sample files this domain offers (``evaluate.py --kind``); each name
+    #: belongs to one domain. Empty: the domain scores no sample files.
+    sample_kinds: ClassVar[tuple[str, ...]] = ()
+
+    def recognises(self, path: Path) -> bool:
+        """Whether the existing samples ``path`` (a file or folder, as ``evaluate.py
+        --samples`` takes it) holds this domain's samples. Domains are asked in the order of
+        ``DOMAINS``, so a domain need not rule out what an earlier one claims."""
+        return False
+
+    def read_samples(self, path: Path) -> torch.Tensor:
+        """The samples at ``path`` (which :meth:`recognises`), shaped for :meth:`score`."""
+        raise self._no_scoring()
+
+    def scoring(self, reference: str | None, dataset: str | None) -> str:
+        """Which of :attr:`sample_kinds` scores this domain's samples against ``reference``
+        when ``--kind`` is not given (``dataset``: the ``--data`` of the samples' training run,
+        when known)."""
+        if not self.sample_kinds:
+            raise self._no_scoring()
+        return self.sample_kinds[0]
+
+    def score(
+        self, samples: torch.Tensor, labels: torch.Tensor | None, request: ScoreRequest
+    ) -> dict[str, Any]:
+        """Metrics of ``samples`` (asked for ``labels``, None: unconditional) against
+        ``request.reference``: the figures of ``evaluate.py``'s table and report."""
+        raise self._no_scoring()
+
+    def reference_items(
+        self,
+        reference: str | None,
+        num: int,
+        config: INRFlowConfig,
+        value_range: tuple[float, float] | None = None,
+    ) -> ReferenceItems:
+        """The first ``num`` items of ``reference`` as the model of ``config`` takes them (the
+        bits per dimension of real data, ``evaluate.py --bpd``)."""
+        raise self._no_scoring()
+
+    def _no_scoring(self) -> ValueError:
+        return ValueError(
+            f"the {self.name} domain scores no sample files (known kinds: "
+            f"{', '.join(self.sample_kinds) or 'none'})"
+        )
 
 
 def score_final(run: SampleRun, out: torch.Tensor, labels: torch.Tensor | None) -> dict:

@@ -1,11 +1,14 @@
 """Point clouds: points as values without coordinates; samples are written as PLY files (one
-per cloud, named by class) and, for the bundled shapes, a picture next to real shapes and a
-score (recognition and 1-NNA against held-out shapes)."""
+per cloud, named by class) with a picture of them (one row per class; for the bundled shapes,
+next to real held-out shapes), scored during training by recognition and 1-NNA against
+held-out shapes (the bundled shapes), and, from sample files, by MMD/COV/1-NNA against a
+reference set."""
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +16,21 @@ import torch
 
 from inrflow.data import CoordinateDataset, PointCloudDataset, ShapesDataset
 from inrflow.data.io import save_ply, save_point_cloud_grid
+from inrflow.metrics.images import IMAGE_SUFFIXES
+from inrflow.metrics.io import first_array, load_point_clouds, sample_files
+from inrflow.model import INRFlow
+from inrflow.model.config import INRFlowConfig
 from inrflow.nvtx import nvtx_range
 
-from .base import DataOptions, Domain, SampleRequest, SampleRun, score_final
+from .base import (
+    DataOptions,
+    Domain,
+    ReferenceItems,
+    SampleRequest,
+    SampleRun,
+    ScoreRequest,
+    score_final,
+)
 
 __all__ = ["HEADLINE", "PointCloudDomain", "class_picture", "save_class_clouds"]
 
@@ -28,6 +43,7 @@ class PointCloudDomain(Domain):
 
     name = "pointcloud"
     bundled = ("shapes",)
+    sample_kinds = ("pointcloud",)
 
     def holds(self, path: Path) -> bool:
         if path.is_file():
@@ -87,6 +103,38 @@ class PointCloudDomain(Domain):
         result.update(score_final(run, out, labels))
         return result
 
+    def sample_files(
+        self,
+        model: INRFlow,
+        info: dict[str, Any],
+        train: dict[str, Any],
+        request: SampleRequest,
+        log: Callable[[str], None],
+    ) -> tuple[Path, torch.Tensor | None]:
+        """PLY files (:meth:`write`) and ``samples.png`` beside them: one row per class asked
+        for (one row when unconditional), after real held-out shapes when the run trained on
+        the bundled shapes (the trainer's :func:`class_picture`)."""
+        path, out = super().sample_files(model, info, train, request, log)
+        if out is not None:
+            real = self._heldout_source(info, train) if request.labels is not None else None
+            png = class_picture(
+                real,
+                out,
+                request.labels,
+                path / "samples.png",
+                class_names=tuple(info.get("class_names") or ()),
+            )
+            if png is not None:
+                log(f"picture of the samples: {png}")
+        return path, out
+
+    def _heldout_source(self, info: dict[str, Any], train: dict[str, Any]) -> Any:
+        """The dataset whose held-out shapes the picture shows beside the samples: the
+        bundled shapes of the run, else None (a folder of clouds has no held-out shapes)."""
+        if train.get("data") not in self.bundled:
+            return None
+        return ShapesDataset(int(info["shape"][0]), rotate=bool(train.get("rotate", False)))
+
     def write(
         self,
         samples: torch.Tensor,
@@ -98,6 +146,59 @@ class PointCloudDomain(Domain):
         """One PLY file per cloud, ``sample_0000.ply``, ..."""
         for i, cloud in enumerate(samples):
             save_ply(cloud, path / f"sample_{i:04d}.ply")
+
+    # -- the evaluation application ----------------------------------------------------------
+    def recognises(self, path: Path) -> bool:
+        """PLY files; or array files of clouds: a stack ``[N, P, 3]`` (P > 4) in one file, one
+        cloud ``[P, 3]`` per file in a folder. A folder of images holds no clouds."""
+        files = sample_files(path)
+        suffixes = {f.suffix.lower() for f in files}
+        if ".ply" in suffixes:
+            return True
+        if suffixes & set(IMAGE_SUFFIXES):
+            return False
+        first = first_array(files)
+        if first is None or first.shape[-1:] != (3,):
+            return False
+        if path.is_dir():
+            return first.dim() == 2
+        return first.dim() == 3 and first.shape[1] > 4
+
+    def read_samples(self, path: Path) -> torch.Tensor:
+        """Clouds ``[N, P, 3]`` (:func:`inrflow.metrics.io.load_point_clouds`)."""
+        return load_point_clouds(path)
+
+    def score(
+        self, samples: torch.Tensor, labels: torch.Tensor | None, request: ScoreRequest
+    ) -> dict[str, Any]:
+        """MMD, COV and 1-NNA with the Chamfer and Earth mover's distances against the clouds
+        of ``request.reference`` (:func:`inrflow.metrics.pointcloud.point_cloud_metrics`)."""
+        from inrflow.metrics.pointcloud import point_cloud_metrics
+
+        if not request.reference:
+            raise ValueError("point-cloud metrics need --ref")
+        refs = load_point_clouds(request.reference)
+        return point_cloud_metrics(
+            samples.double(),
+            refs.double(),
+            emd_method=request.emd,
+            backend=request.cd_backend,
+            normalize=request.normalize,
+            device=request.device,
+            progress=request.progress,
+        )
+
+    def reference_items(
+        self,
+        reference: str | None,
+        num: int,
+        config: INRFlowConfig,
+        value_range: tuple[float, float] | None = None,
+    ) -> ReferenceItems:
+        """The first ``num`` clouds of ``reference`` (the points are the coordinates)."""
+        if not reference:
+            raise ValueError("--bpd needs --ref (point clouds)")
+        return ReferenceItems(load_point_clouds(reference)[:num].float(), None, None, reference)
 
 
 def save_class_clouds(
@@ -117,19 +218,24 @@ def save_class_clouds(
 def class_picture(
     dataset: Any,
     clouds: torch.Tensor,
-    labels: torch.Tensor,
+    labels: torch.Tensor | None,
     path: Path,
     per_row: int = 6,
     real: int = 2,
+    class_names: tuple[str, ...] | None = None,
 ) -> Path | None:
-    """A PNG, one row per class: ``real`` real held-out shapes, then up to ``per_row`` of the
-    samples asked for that class (needs ``dataset.heldout``, as the bundled shapes have)."""
-    refs, ref_labels = dataset.heldout(real).clouds(seed=3)
+    """A PNG, one row per class: ``real`` real held-out shapes (``dataset.heldout``, as the
+    bundled shapes have; none when ``dataset`` is None), then up to ``per_row`` of the samples
+    asked for that class, rows named by ``class_names`` (default: the dataset's). Unconditional
+    samples (``labels`` None): one row of up to ``per_row`` samples. None without matplotlib."""
+    if labels is None:
+        return save_point_cloud_grid([list(clouds[:per_row])], path)
+    names_of = class_names or tuple(dataset.class_names if dataset is not None else ())
+    refs, ref_labels = dataset.heldout(real).clouds(seed=3) if dataset is not None else (None, None)
     rows, names = [], []
-    for k, name in enumerate(dataset.class_names):
+    for k in labels.unique(sorted=True).tolist():
         mine = clouds[(labels.cpu() == k)][:per_row]
-        if len(mine) == 0:
-            continue
-        rows.append([*refs[ref_labels == k], *mine])
-        names.append(name)
-    return save_point_cloud_grid(rows, path, names, real_columns=real) if rows else None
+        reals = [*refs[ref_labels == k]] if refs is not None else []
+        rows.append([*reals, *mine])
+        names.append(names_of[k] if k < len(names_of) else str(k))
+    return save_point_cloud_grid(rows, path, names, real_columns=real if refs is not None else 0)

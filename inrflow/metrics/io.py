@@ -1,5 +1,6 @@
-"""Reading generated and reference sets for evaluation: point clouds (arrays, PLY), images or
-clouds of a samples path whatever it holds, and labels."""
+"""Reading generated and reference sets for evaluation: point clouds (arrays, PLY), the files
+of a samples path, and labels (which domain a samples path holds is for the domains to say:
+:func:`inrflow.domains.domain_of_samples`)."""
 
 from __future__ import annotations
 
@@ -9,16 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inrflow.metrics.images import ARRAY_SUFFIXES, IMAGE_SUFFIXES, load_array_file, load_images
+from inrflow.metrics.images import ARRAY_SUFFIXES, load_array_file
 
 __all__ = [
     "check_labels",
-    "detect_kind",
-    "guess_kind",
+    "first_array",
     "load_labels",
     "load_point_clouds",
-    "load_samples",
     "read_ply",
+    "sample_files",
+    "stored_labels",
 ]
 
 _PLY_TYPES = {
@@ -150,47 +151,31 @@ def load_labels(source: str | os.PathLike) -> torch.Tensor:
     return torch.as_tensor(np.load(p, allow_pickle=False).astype(np.int64).reshape(-1))
 
 
-def detect_kind(x: torch.Tensor) -> str:
-    """``pointcloud`` for a stack of clouds ``[N, P, 3]`` (P > 4), else ``image``."""
-    return "pointcloud" if x.dim() == 3 and x.shape[-1] == 3 and x.shape[1] > 4 else "image"
+def sample_files(path: Path) -> list[Path]:
+    """The files of a samples path, sorted: the path itself when it is a file, else every file
+    below the folder."""
+    return sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
 
 
-def guess_kind(path: Path) -> str:
-    """``pointcloud`` or ``image`` from what a samples path holds."""
-    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
-    suffixes = {f.suffix.lower() for f in files}
-    if ".ply" in suffixes:
-        return "pointcloud"
-    if suffixes & set(IMAGE_SUFFIXES):
-        return "image"
+def first_array(files: list[Path]) -> torch.Tensor | None:
+    """The array of the first array file (``.npy``/``.npz``/``.pt``) of ``files``, or None."""
     arrays = [f for f in files if f.suffix.lower() in ARRAY_SUFFIXES]
-    if not arrays:
-        raise FileNotFoundError(f"{path}: no samples (images, .ply or array files) found")
-    first = load_array_file(arrays[0])
-    if path.is_dir():  # one item per file: a cloud is [P, 3], an image [H, W(, C)] or [C, H, W]
-        return "pointcloud" if first.dim() == 2 and first.shape[-1] == 3 else "image"
-    return detect_kind(first)
+    return load_array_file(arrays[0]) if arrays else None
 
 
-def load_samples(path: Path, kind: str) -> tuple[torch.Tensor, torch.Tensor | None, str]:
-    """Samples, their labels when stored beside them (``labels`` in the .npz/.pt), and their
-    kind (``kind``, or guessed from the files for ``auto``)."""
-    if not path.exists():
-        raise FileNotFoundError(f"samples not found: {path}")
-    labels = None
+def stored_labels(path: Path) -> torch.Tensor | None:
+    """The class labels stored beside samples in an ``.npz`` or ``.pt`` file (key ``labels``),
+    else None."""
     suffix = path.suffix.lower()
     if path.is_file() and suffix == ".npz":
         with np.load(path, allow_pickle=False) as npz:
             if "labels" in npz.files:
-                labels = torch.as_tensor(np.asarray(npz["labels"]).astype(np.int64))
+                return torch.as_tensor(np.asarray(npz["labels"]).astype(np.int64))
     elif path.is_file() and suffix in (".pt", ".pth"):
         obj = torch.load(path, map_location="cpu", weights_only=True)
         if isinstance(obj, dict) and "labels" in obj:
-            labels = torch.as_tensor(obj["labels"]).long()
-    data_kind = guess_kind(path) if kind == "auto" else kind
-    if data_kind == "pointcloud":
-        return load_point_clouds(path), labels, data_kind
-    return load_images(path), labels, data_kind
+            return torch.as_tensor(obj["labels"]).long()
+    return None
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, num_samples: int) -> None:

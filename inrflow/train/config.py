@@ -14,6 +14,8 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from inrflow.domains import DOMAINS
+
 __all__ = ["PRESETS", "TrainConfig", "build_parser", "parse_args"]
 
 
@@ -45,8 +47,8 @@ class TrainConfig:
     size: str = _f("S", "model preset: tiny|S|B|L|XL (point clouds: tiny|B|L|XL)")
     task: str | None = _f(
         None,
-        "image|pointcloud|protein; default: what --data holds. --task protein without --data "
-        "or --preset runs the bundled protein demo (--preset protein)",
+        "a domain (image|pointcloud|protein); default: what --data holds. --task protein "
+        "without --data or --preset runs the bundled protein demo (--preset protein)",
     )
     model: dict = field(
         default_factory=dict,
@@ -208,8 +210,8 @@ class TrainConfig:
             bad(f"--device must be cpu, cuda or auto, got {self.device!r}")
         if self.precision not in ("bf16", "fp32", "auto"):
             bad(f"--precision must be bf16, fp32 or auto, got {self.precision!r}")
-        if self.task not in (None, "image", "pointcloud", "protein"):
-            bad(f"--task must be image, pointcloud or protein, got {self.task!r}")
+        if self.task is not None and self.task not in DOMAINS:
+            bad(f"--task must be one of {', '.join(DOMAINS)}, got {self.task!r}")
         if self.time_dist not in ("logit_normal", "uniform"):
             bad(f"--time-dist must be logit_normal or uniform, got {self.time_dist!r}")
         if self.pairing not in ("random", "ot"):
