@@ -14,6 +14,9 @@ instead of 1/8 of them, the pairwise Chamfer matrix of 256 x 256 clouds of 2,048
 S whole training step, inrflow's path vs the authors' composition, at a 256^2 context with
 16,384 queries. Under ``--benchmark-disable`` (CI) each benchmark runs its function once as a
 plain test, at the small size chosen when ``smoke`` is true.
+
+Every CPU kernel benchmark also reports its achieved GB/s and GFLOP/s and its share of a roofline
+measured in the same session (``benchmarks/roofline.py``); the table is printed at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import os
 from collections.abc import Callable
 
 import pytest
+import roofline
 import torch
 
 import inrflow.ops
@@ -103,3 +107,12 @@ def sync(device: torch.device | str) -> None:
 def synchronize() -> Callable[[torch.device | str], None]:
     """:func:`sync` as a fixture: call it at the end of a timed function."""
     return sync
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the roofline table of the benchmarks timed in this session."""
+    lines = roofline.table()
+    if lines:
+        terminalreporter.section("roofline (bound = max(bytes / copy rate, FLOPs / GEMM rate))")
+        for line in lines:
+            terminalreporter.write_line(line)

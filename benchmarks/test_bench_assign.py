@@ -15,6 +15,9 @@ and d = 3, fp32:
   pages, so it is accurate to a few KiB per allocation. ``None`` where /proc is unavailable.
 * CUDA: ``torch.cuda.max_memory_allocated`` after ``reset_peak_memory_stats`` minus the memory
   allocated before the call.
+``extra_info`` also holds the bytes (inputs read and outputs written once), FLOPs (``2 d`` per
+(point, centre) pair for nearest_assign, the GEMM formulation's count; none for group_layout),
+the achieved GB/s and GFLOP/s and the share of the session's roofline (``benchmarks/roofline.py``).
 Every benchmark also checks its result against the reference (ties aside for cdist, see below),
 so the --benchmark-disable run (CI) is a real test.
 """
@@ -29,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import roofline
 import torch
 
 import inrflow.ops
@@ -124,6 +128,8 @@ def run_nearest(benchmark, impl: str, d: int, device: str, smoke: bool) -> None:
     fn = _pick(impl, "nearest_assign", cdist_argmin, inrflow.ops.nearest_assign, device)
     benchmark.extra_info.update(batch=batch, points=n, centers=k, d=d, pairs=batch * n * k)
     out = _bench(benchmark, lambda: fn(points, centers), device, smoke)
+    nbytes = points.nbytes + centers.nbytes + out.nbytes
+    roofline.record(benchmark, nbytes, 2 * d * batch * n * k, device)
     expect = reference.nearest_assign(points, centers)
     if impl == "extension":
         assert torch.equal(out, expect)
@@ -142,6 +148,7 @@ def run_layout(benchmark, impl: str, device: str, smoke: bool) -> None:
     fn = _pick(impl, "group_layout", argsort_layout, inrflow.ops.group_layout, device)
     benchmark.extra_info.update(batch=batch, points=n, groups=k)
     perm, offsets = _bench(benchmark, lambda: fn(assign, k), device, smoke)
+    roofline.record(benchmark, assign.nbytes + perm.nbytes + offsets.nbytes, 0, device)
     p_ref, o_ref = reference.group_layout(assign, k)
     assert torch.equal(perm, p_ref) and torch.equal(offsets, o_ref)
 

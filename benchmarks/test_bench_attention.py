@@ -1,5 +1,8 @@
 """grouped_cross_attention forward + backward: eager reference vs torch.compile(reference) vs
-extension, plus a padded-SDPA baseline (every group padded to the longest, masked SDPA).
+extension, plus two SDPA baselines: padded SDPA (every group padded to the longest, masked) and,
+where every group has the same size, batched SDPA (``q [G, H, 1, D]``, ``k, v [G, H, L, D]`` as
+views of the token-major ``[T, H, D]`` tensors: no mask, no padding, what a user writes when the
+groups are equal).
 
 CPU yardsticks, fp32:
   (a) ``uniform``: 8 x 1024 groups of 64 keys, Hq = Hkv = 12, D = 64;
@@ -7,13 +10,16 @@ CPU yardsticks, fp32:
   (c) ``folded``: the folded-key encoder shape, Hq = 16, Hkv = 1, D = Dv = 1152, 1024 groups of
       64 keys.
 Targets: the extension >= 3x faster than the padded-SDPA / eager reference and >= 1.5x faster
-than torch.compile(reference) on (a) and (c); (b) costs at most 1.3x (a). Those sizes are timed
-with ``INRFLOW_BENCH_LARGE=1`` (the eager scatter reference alone takes minutes per call there);
-by default the CPU benchmarks use 1/8 of the groups (same group sizes, heads and widths) so the
-whole CPU suite stays under 15 minutes, and the CUDA ones always use the full sizes. Padded SDPA
-is skipped for (b): padding 8192 groups to the largest one needs hundreds of GB. ``extra_info``
-records the bytes a fused implementation must move and, on CUDA, the achieved bandwidth against
-the device's peak. Each benchmark checks its output and dk on a slice against the fp64 reference.
+than torch.compile(reference) on (a) and (c); (b) costs at most 1.3x (a); on the CPU, (a) >= 3x
+faster than batched SDPA and >= 30% of the roofline (``benchmarks/roofline.py``). Those sizes are
+timed with ``INRFLOW_BENCH_LARGE=1`` (the eager scatter reference alone takes minutes per call
+there); by default the CPU benchmarks use 1/8 of the groups (same group sizes, heads and widths)
+so the whole CPU suite stays under 15 minutes, and the CUDA ones always use the full sizes. Padded
+SDPA is skipped for (b): padding 8192 groups to the largest one needs hundreds of GB.
+``extra_info`` records the bytes a fused implementation must move (:func:`bytes_moved`), the FLOPs
+of forward + backward (:func:`flops_fwd_bwd`), the achieved GB/s and GFLOP/s, the share of the
+session's roofline and, on CUDA, the achieved bandwidth against the device's datasheet peak. Each
+benchmark checks its output and dk on a slice against the fp64 reference.
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import math
 from collections.abc import Callable
 
 import pytest
+import roofline
 import torch
 
 import inrflow.ops
 from inrflow.ops import reference
+from inrflow.ops.attention import attention_flops
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -73,14 +81,28 @@ def make_inputs(shape, device: str, seed: int = 0):
     return q, k, v, offsets, grad
 
 
-def bytes_moved(q, k, v, element_size: int = 4) -> int:
-    """Forward reads q, k, v and writes out and lse; backward reads grad_out, q, k, v, out and
-    lse and writes dq, dk, dv."""
+def bytes_moved(q, k, v, offsets) -> int:
+    """Bytes a fused forward + backward must move, each tensor read or written once per pass.
+
+    Forward reads q, k, v and offsets and writes out and lse; backward reads grad_out, q, k, v,
+    offsets, out and lse and writes dq, dk and dv. lse is float32 (float64 for fp64 inputs).
+    """
     g, hq, _ = q.shape
-    out = g * hq * v.shape[-1]
-    fwd = q.numel() + k.numel() + v.numel() + out + g * hq
-    bwd = 2 * (q.numel() + k.numel() + v.numel()) + 2 * out + g * hq
-    return (fwd + bwd) * element_size
+    el = q.element_size()
+    lse = g * hq * (8 if q.dtype == torch.float64 else 4)
+    out = g * hq * v.shape[-1] * el
+    qkv = (q.numel() + k.numel() + v.numel()) * el
+    index = offsets.numel() * offsets.element_size()
+    fwd = qkv + index + out + lse
+    bwd = 2 * qkv + index + 2 * out + lse
+    return fwd + bwd
+
+
+def flops_fwd_bwd(q, k, v) -> int:
+    """Forward ``2 T Hq (D + Dv)`` (scores, weighted sum) and backward twice that (dp, dv, dq,
+    dk): the library's own FLOP formula; exp and the backward's recomputation of the scores are
+    not counted, so the compute bound is a true lower bound."""
+    return 3 * attention_flops(q.shape, k.shape, v.shape)
 
 
 def peak_bandwidth(device: str) -> float | None:
@@ -113,6 +135,23 @@ def padded_sdpa(q, k, v, offsets, scale=None):
     return out[:, :, 0].nan_to_num(0.0)
 
 
+def batched_sdpa(q, k, v, offsets, scale=None):
+    """Baseline for equal groups: SDPA over ``[G, H, L, D]`` views of k and v (no copy, no mask).
+
+    The group size comes from ``T / G``; the caller guarantees every group has that size.
+    """
+    groups, hq, dim = q.shape
+    tokens, hkv, _ = k.shape
+    per = tokens // groups
+    kb = k.view(groups, per, hkv, dim).transpose(1, 2)  # [G, Hkv, L, D]
+    vb = v.view(groups, per, hkv, v.shape[-1]).transpose(1, 2)
+    if hq != hkv:
+        kb = kb.repeat_interleave(hq // hkv, dim=1)
+        vb = vb.repeat_interleave(hq // hkv, dim=1)
+    out = torch.nn.functional.scaled_dot_product_attention(q[:, :, None], kb, vb, scale=scale)
+    return out[:, :, 0]
+
+
 def check(out, dk, q, k, v, offsets, grad, groups: int = 16) -> None:
     """Output and dk of the first groups against the fp64 reference."""
     end = int(offsets[groups])
@@ -137,18 +176,17 @@ def run(benchmark, fn: Callable, synchronize: Callable, shape, device: str) -> N
         return out, dk
 
     step()  # compile / warm up outside the timing
-    nbytes = bytes_moved(q, k, v)
     benchmark.extra_info.update(
         groups=q.shape[0], tokens=k.shape[0], heads=(q.shape[1], k.shape[1]), dim=q.shape[2],
-        largest_group=int((offsets[1:] - offsets[:-1]).max()), bytes=nbytes,
-        flops_fwd_bwd=3 * 2 * k.shape[0] * q.shape[1] * 2 * q.shape[2],
+        largest_group=int((offsets[1:] - offsets[:-1]).max()),
     )  # fmt: skip
     out, dk = benchmark.pedantic(step, rounds=3 if device == "cpu" else 20, warmup_rounds=1)
-    if not benchmark.disabled and benchmark.stats is not None:
+    nbytes = bytes_moved(q, k, v, offsets)
+    roofline.record(benchmark, nbytes, flops_fwd_bwd(q, k, v), device)
+    timed = not benchmark.disabled and benchmark.stats is not None
+    if timed and device == "cuda" and (peak := peak_bandwidth(device)):
         median = benchmark.stats.stats.median
-        benchmark.extra_info["GB/s (median)"] = round(nbytes / median / 1e9, 2)
-        if device == "cuda" and (peak := peak_bandwidth(device)):
-            benchmark.extra_info["fraction of peak bandwidth"] = round(nbytes / median / peak, 3)
+        benchmark.extra_info["fraction of peak bandwidth"] = round(nbytes / median / peak, 3)
     check(out, dk, q, k, v, offsets, grad)
 
 
@@ -182,6 +220,14 @@ def test_attention_padded_sdpa_cpu(benchmark, synchronize, smoke, large, name) -
     run(benchmark, padded_sdpa, synchronize, shape, "cpu")
 
 
+@pytest.mark.parametrize("name", ["uniform", "folded"])
+@pytest.mark.benchmark(group="grouped_cross_attention fwd+bwd cpu fp32")
+def test_attention_batched_sdpa_cpu(benchmark, synchronize, smoke, large, name) -> None:
+    shape = _cpu_shape(name, smoke, large)
+    benchmark.group = f"grouped_cross_attention fwd+bwd cpu fp32 {name} {shape[0]} groups"
+    run(benchmark, batched_sdpa, synchronize, shape, "cpu")
+
+
 @requires_cuda
 @pytest.mark.parametrize("name", list(SHAPES))
 @pytest.mark.benchmark(group="grouped_cross_attention fwd+bwd cuda fp32")
@@ -198,6 +244,23 @@ def test_attention_padded_sdpa_cuda(benchmark, synchronize, smoke, name) -> None
     benchmark.group = f"grouped_cross_attention fwd+bwd cuda fp32 {name}"
     shape = SMOKE[name] if smoke else LARGE_SHAPES[name]
     run(benchmark, padded_sdpa, synchronize, shape, "cuda")
+
+
+def test_byte_and_flop_counts_by_hand() -> None:
+    # 2 groups of 3 keys, Hq = 4, Hkv = 2, D = 8, Dv = 5, fp32 with int32 offsets
+    q, k, v = torch.zeros(2, 4, 8), torch.zeros(6, 2, 8), torch.zeros(6, 2, 5)
+    offsets = torch.tensor([0, 3, 6], dtype=torch.int32)
+    q_b, k_b, v_b, out_b, lse_b, off_b = 2 * 4 * 8 * 4, 6 * 2 * 8 * 4, 6 * 2 * 5 * 4, 40 * 4, 32, 12
+    fwd = q_b + k_b + v_b + off_b + out_b + lse_b
+    bwd = out_b + q_b + k_b + v_b + off_b + out_b + lse_b + q_b + k_b + v_b
+    assert bytes_moved(q, k, v, offsets) == fwd + bwd
+    assert flops_fwd_bwd(q, k, v) == 3 * 2 * 6 * 4 * (8 + 5)
+
+
+def test_batched_sdpa_matches_the_reference() -> None:
+    q, k, v, offsets, _ = make_inputs((5, 7, 4, 2, 8), "cpu")
+    want = reference.grouped_cross_attention(q, k, v, offsets)
+    torch.testing.assert_close(batched_sdpa(q, k, v, offsets), want, rtol=1e-5, atol=1e-5)
 
 
 def test_zipf_sizes_cover_the_same_tokens() -> None:

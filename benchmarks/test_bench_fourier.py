@@ -3,7 +3,9 @@
 The CPU yardstick is 262,144 points x 2 channels x 64 frequencies in fp32: the
 extension should be >= 4x faster than the eager reference and >= 1.5x faster than
 torch.compile(reference). ``extra_info`` records the bytes a fused implementation must move (read
-x, write the output; read grad_out and the saved output, write grad_x) and the resulting GB/s.
+x, write the output; read grad_out and the saved output, write grad_x), the FLOPs
+(:func:`_flops`), the achieved GB/s and GFLOP/s and the share of the session's roofline
+(``benchmarks/roofline.py``).
 Every benchmark also checks its gradient against the fp64 reference, so the --benchmark-disable
 run (CI) is a real test.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+import roofline
 import torch
 
 import inrflow.ops
@@ -41,6 +44,13 @@ def _bytes_moved(points: int, element_size: int = 4) -> int:
     forward = points * (CHANNELS + width)  # read x, write out
     backward = points * (2 * width + CHANNELS)  # read grad_out and out, write grad_x
     return (forward + backward) * element_size
+
+
+def _flops(points: int) -> int:
+    """One multiply x f per (point, channel, frequency) forward; backward f (g_sin cos - g_cos
+    sin) summed over the frequencies, 5 FLOPs per term. sin and cos are not counted (their cost
+    depends on the implementation), so the compute bound is a lower bound."""
+    return points * CHANNELS * NUM_FREQS * (1 + 5)
 
 
 def _check_gradient(grad_x: torch.Tensor, x: torch.Tensor, freqs: torch.Tensor, grad) -> None:
@@ -75,13 +85,9 @@ def _run_fwd_bwd(
         return grad_x
 
     step()  # compile / warm up outside the timing
-    benchmark.extra_info.update(
-        points=points, channels=CHANNELS, num_freqs=NUM_FREQS, bytes=_bytes_moved(points)
-    )
+    benchmark.extra_info.update(points=points, channels=CHANNELS, num_freqs=NUM_FREQS)
     grad_x = benchmark.pedantic(step, rounds=9 if device == "cpu" else 30, warmup_rounds=1)
-    if not benchmark.disabled and benchmark.stats is not None:
-        median = benchmark.stats.stats.median
-        benchmark.extra_info["GB/s (median)"] = round(_bytes_moved(points) / median / 1e9, 2)
+    roofline.record(benchmark, _bytes_moved(points), _flops(points), device)
     rows = slice(0, CHECK_POINTS)  # rows are independent: check a prefix, in fp64 on the CPU
     _check_gradient(grad_x[rows].cpu(), x[rows].cpu(), freqs.cpu(), grad[rows].cpu())
 

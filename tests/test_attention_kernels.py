@@ -17,6 +17,11 @@ from __future__ import annotations
 
 import ctypes
 import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import op_samples
 import pytest
@@ -118,6 +123,60 @@ def test_forward_backward_match_reference(device, sample: Sample) -> None:
         assert got.shape == ref.shape and got.dtype == dtype
         assert_close(got, ref, dtype, f"d{name}")
     assert (dq.cpu()[empty] == 0).all()
+
+
+@requires_extension
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("hq", "hkv"), [(3, 3), (8, 2)], ids=["mha", "gqa"])
+def test_scores_far_apart_and_ragged_tails(device, hq, hkv) -> None:
+    """Scores hundreds apart (most exp terms underflow to exactly 0 in fp32), group lengths and
+    head dims that are not multiples of the 8-lane vectors, 4-key blocks with remainders."""
+    q, k, v, offsets = make_case([9, 17, 1, 4, 31, 300], hq, hkv, 13, 21, torch.float32, device)
+    q = q * 40
+    scale = 0.5
+    out, lse = fwd_op(q, k, v, offsets, scale)
+    grad_out = torch.randn(out.shape, dtype=torch.float64).to(torch.float32).to(device)
+    want, want_lse, grads = ref64(q, k, v, offsets, scale, grad_out)
+    assert_close(out, want, torch.float32, "out")
+    torch.testing.assert_close(lse.cpu().double(), want_lse, rtol=1e-6, atol=1e-4)
+    grads_got = bwd_op(grad_out, q, k, v, offsets, out, lse, scale)
+    for got, ref, name in zip(grads_got, grads, "qkv", strict=True):
+        assert_close(got, ref, torch.float32, f"d{name}")
+
+
+@requires_extension
+def test_nan_in_a_group_stays_in_that_group() -> None:
+    q, k, v, offsets = make_case([5, 12, 3], 4, 2, 16, 16, torch.float32)
+    k[8, 1, 3] = float("nan")  # group 1, kv head 1 (query heads 2 and 3)
+    out, lse = fwd_op(q, k, v, offsets, 0.25)
+    assert torch.isnan(out[1, 2:]).all() and torch.isnan(lse[1, 2:]).all()
+    assert torch.isfinite(out[1, :2]).all() and torch.isfinite(out[[0, 2]]).all()
+
+
+@requires_extension
+def test_cpu_baseline_dispatch_matches_reference() -> None:
+    """The plain (non-AVX2) loops, forced with INRFLOW_CPU_DISPATCH=baseline."""
+    script = textwrap.dedent(
+        """
+        import sys, torch
+        sys.path.insert(0, sys.argv[1])
+        import test_attention_kernels as t
+        for sample in t.SAMPLES:
+            t.test_forward_backward_match_reference("cpu", sample)
+        t.test_scores_far_apart_and_ragged_tails("cpu", 8, 2)
+        print("ok")
+        """
+    )
+    env = {**os.environ, "INRFLOW_CPU_DISPATCH": "baseline"}
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 @requires_extension

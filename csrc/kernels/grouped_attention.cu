@@ -39,10 +39,8 @@ constexpr int kScanThreads = 256;
 constexpr int kScanShift = 8;  // log2(kScanThreads)
 constexpr int64_t kMaxGrid = (int64_t{1} << 31) - 1;
 
-__device__ __forceinline__ float exp_acc(float x) { return expf(x); }
-__device__ __forceinline__ double exp_acc(double x) { return exp(x); }
-__device__ __forceinline__ float log_acc(float x) { return logf(x); }
-__device__ __forceinline__ double log_acc(double x) { return log(x); }
+using gattn::lse_exp;
+using gattn::merged_lse;
 
 template <typename A>
 __device__ __forceinline__ A warp_sum(A x) {
@@ -213,7 +211,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     m = warp_max(m);
     A l = A(0);
     for (int j = lane; j < len; j += 32) {
-      const A p = exp_acc(row[j] - m);
+      const A p = lse_exp(row[j] - m);
       row[j] = p;
       l += p;
     }
@@ -223,7 +221,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       s_l[r] = l;
       const int64_t head = info.group * hq + static_cast<int64_t>(h) * rep + r;
       if (info.count == 1) {
-        lse[head] = m + log_acc(l);
+        lse[head] = merged_lse(m, l);
       } else {
         const int64_t slot = info.slot * hq + static_cast<int64_t>(h) * rep + r;
         part_ml[2 * slot] = m;
@@ -283,22 +281,16 @@ __global__ void __launch_bounds__(kThreads, 1)
       if (threadIdx.x == 0) lse[g * hq + head] = -INFINITY;
       continue;
     }
-    A m = -INFINITY;
-    for (int64_t i = 0; i < n; ++i) {
-      const A mi = part_ml[2 * ((slot0 + i) * hq + head)];
-      m = mi > m ? mi : m;
-    }
-    A l = A(0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t s = (slot0 + i) * hq + head;
-      l += part_ml[2 * s + 1] * exp_acc(part_ml[2 * s] - m);
-    }
-    if (threadIdx.x == 0) lse[g * hq + head] = m + log_acc(l);
+    const A* ml = part_ml + 2 * (slot0 * hq + head);
+    const int64_t stride = 2 * static_cast<int64_t>(hq);
+    const A m = gattn::merge_max(ml, stride, n);
+    const A l = gattn::merge_sum(ml, stride, n, m);
+    if (threadIdx.x == 0) lse[g * hq + head] = merged_lse(m, l);
     for (int e = static_cast<int>(threadIdx.x); e < dim_v; e += kThreads) {
       A acc = A(0);
       for (int64_t i = 0; i < n; ++i) {
         const int64_t s = (slot0 + i) * hq + head;
-        acc += part_acc[s * dim_v + e] * exp_acc(part_ml[2 * s] - m);
+        acc += part_acc[s * dim_v + e] * gattn::merge_weight(ml[i * stride], m);
       }
       Io<T>::store(dst + e, acc / l);
     }
@@ -391,7 +383,7 @@ __global__ void __launch_bounds__(kThreads, 1)
         const A dp = warp_sum(acc_p[i]);
         const int r = r0 + i;
         if (lane == 0 && r < rep) {
-          const A p = exp_acc(s * scale - s_lse[r]);
+          const A p = lse_exp(s * scale - s_lse[r]);
           s_p[r * split + j] = p;
           s_ds[r * split + j] = p * (dp - s_delta[r]);
         }

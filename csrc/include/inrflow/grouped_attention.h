@@ -12,6 +12,7 @@
 // The backward recomputes p = exp(s - lse) from the saved lse; its dq partials are summed.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 
 #include "inrflow/common.h"
@@ -49,6 +50,46 @@ INRFLOW_HD int64_t choose_split(int64_t per_key, int64_t fixed, int64_t budget_e
   while (split > 1 && (split > max_split && max_split > 0)) split >>= 1;
   while (split >= 1 && split * per_key + fixed > budget_elems) split >>= 1;
   return split;
+}
+
+// ---- Log-sum-exp merge of split partials (the CPU merge pass and the CUDA merge kernel) ----
+// A split of one query head leaves m_i = max score and l_i = sum exp(s - m_i) (and an unnormalised
+// accumulator). The n partials of a head lie `stride` elements apart in part_ml as (m_i, l_i)
+// pairs (stride = 2 Hq: slot-major [slots, Hq, 2]).
+
+INRFLOW_HD float lse_exp(float x) { return expf(x); }
+INRFLOW_HD double lse_exp(double x) { return exp(x); }
+INRFLOW_HD float lse_log(float x) { return logf(x); }
+INRFLOW_HD double lse_log(double x) { return log(x); }
+
+// M = max_i m_i (-inf for n = 0).
+template <typename A>
+INRFLOW_HD A merge_max(const A* part_ml, int64_t stride, int64_t n) {
+  A m = -INFINITY;
+  for (int64_t i = 0; i < n; ++i) m = part_ml[i * stride] > m ? part_ml[i * stride] : m;
+  return m;
+}
+
+// Weight exp(m_i - M) of partial i in the merged result.
+template <typename A>
+INRFLOW_HD A merge_weight(A m_i, A m) {
+  return lse_exp(m_i - m);
+}
+
+// L = sum_i l_i exp(m_i - M).
+template <typename A>
+INRFLOW_HD A merge_sum(const A* part_ml, int64_t stride, int64_t n, A m) {
+  A l = A(0);
+  for (int64_t i = 0; i < n; ++i) {
+    l += part_ml[i * stride + 1] * merge_weight(part_ml[i * stride], m);
+  }
+  return l;
+}
+
+// The head's log-sum-exp M + log L (also of a single split: m + log l).
+template <typename A>
+INRFLOW_HD A merged_lse(A m, A l) {
+  return m + lse_log(l);
 }
 
 }  // namespace gattn
