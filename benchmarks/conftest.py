@@ -7,11 +7,13 @@ too). Give the three one ``@pytest.mark.benchmark(group=...)`` and read the rati
 group's table.
 
 ``pytest benchmarks/ --benchmark-only`` times them at sizes chosen so that the whole CPU suite
-finishes in under 15 minutes on 2 cores. ``INRFLOW_BENCH_LARGE=1`` switches the suites whose
-issue yardsticks are larger (attention, pairwise Chamfer, the 256^2 whole-step comparison) to
-those sizes (the ``large`` fixture; an hour or more on 2 cores). Under ``--benchmark-disable``
-(CI) each benchmark runs its function once as a plain test, at the small size chosen when
-``smoke`` is true.
+finishes in under 15 minutes on 2 cores. ``INRFLOW_BENCH_LARGE=1`` (the ``large`` fixture; an
+hour or more on 2 cores) switches three suites to the full sizes their yardsticks are stated
+for: ``grouped_cross_attention`` fwd+bwd with all 8,192 groups (1,024 for the folded shape)
+instead of 1/8 of them, the pairwise Chamfer matrix of 256 x 256 clouds of 2,048 points, and the
+S whole training step, inrflow's path vs the authors' composition, at a 256^2 context with
+16,384 queries. Under ``--benchmark-disable`` (CI) each benchmark runs its function once as a
+plain test, at the small size chosen when ``smoke`` is true.
 
 Every CPU kernel benchmark also reports its achieved GB/s and GFLOP/s and its share of a roofline
 measured in the same session (``benchmarks/roofline.py``); the table is printed at the end.
@@ -41,7 +43,7 @@ def impl(request: pytest.FixtureRequest) -> str:
 
 
 def bench_large() -> bool:
-    """True with ``INRFLOW_BENCH_LARGE=1``: time the issues' full yardstick sizes."""
+    """True with ``INRFLOW_BENCH_LARGE=1``: time the full yardstick sizes (module docstring)."""
     return os.environ.get("INRFLOW_BENCH_LARGE") == "1"
 
 

@@ -6,15 +6,17 @@ the full ``x x^T``, ``y y^T`` and ``x y^T`` (B x N x N each) and the squared-dis
 then take minima along both axes. inrflow's ``pairwise_chamfer`` is timed with its CPU default
 (k-d trees, exact) and with its ``matmul`` backend (blocks of at most ``chunk_bytes``).
 
-Issue 8's size is 256 x 256 clouds of 2,048 points (``INRFLOW_BENCH_LARGE=1``; about 25 minutes
-on 2 cores). The dense approach takes tens of minutes at that size on a 2-core machine, so every
-implementation is timed on the same ``rows`` sample clouds against all references (``rows x
-clouds`` pairs, the per-row work of the full matrix); ``extra_info`` holds the measured time, the
-full-matrix estimate (x clouds / rows; every implementation's cost is linear in the rows), and
-the peak resident memory above the baseline during the call. ``test_pairwise_chamfer_full_matrix``
-then measures inrflow's default on the whole matrix. By default (so the whole CPU suite stays
-under 15 minutes) the clouds keep their 2,048 points but there are 64 of them and 2 rows; under
-``--benchmark-disable`` (CI) everything runs once at a small size.
+The yardstick is the full pairwise Chamfer matrix of 256 sample x 256 reference clouds of 2,048
+points each: time and peak resident memory of inrflow's default vs the dense approach
+(``INRFLOW_BENCH_LARGE=1``; about 25 minutes on 2 cores). The dense approach takes tens of minutes
+at that size on a 2-core machine, so every implementation is timed on the same ``rows`` sample
+clouds against all references (``rows x clouds`` pairs, the per-row work of the full matrix);
+``extra_info`` holds the measured time, the full-matrix estimate (x clouds / rows; every
+implementation's cost is linear in the rows), and the peak resident memory above the baseline
+during the call. ``test_pairwise_chamfer_full_matrix`` then measures inrflow's default on the whole
+matrix. By default (so the whole CPU suite stays under 15 minutes) the clouds keep their 2,048
+points but there are 64 of them and 2 rows; under ``--benchmark-disable`` (CI) everything runs once
+at a small size.
 
 Run: ``pytest benchmarks/test_bench_metrics.py --benchmark-only``.
 Threads: one torch thread and one k-d tree worker for every implementation, so the comparison

@@ -376,7 +376,8 @@ def test_group_attention(lib: EmulatedLibrary, order: str, seed: int) -> None:
 
 @not_under_sanitizer
 def test_group_attention_speed(lib: EmulatedLibrary) -> None:
-    """64 groups x 64 keys x 64 dims took ~45 ms here (design target: ~51 ms)."""
+    """64 groups x 64 keys x 64 dims take ~45 ms on a 2-core VM; the 1 s bound only catches
+    pathological slow-downs of the emulator (e.g. a system call per fiber switch)."""
     inputs = attention_inputs(groups=64, keys=64, dim=64, seed=0)
     timings = []
     for _ in range(3):

@@ -3,8 +3,9 @@
 Images enter as tensors/arrays (``[N, C, H, W]``, ``[N, H, W, C]`` or grey ``[N, H, W]``; uint8 or
 float) or as paths: a folder of image files (PNG, BMP, TIFF, WebP, or JPEG as they are, decoded
 once and never written again) or of ``.npy``/``.npz``/``.pt`` arrays, or one such array file.
-Nothing is saved to a lossy format on the way (the authors' pipeline wrote JPEGs before FID,
-official-implementation.md §12). Folders are read lazily, ``batch_size`` images at a time.
+Nothing is saved to a lossy format on the way (the authors' public evaluation code writes every
+reference and sample image as a JPEG before computing FID, which shifts the score). Folders are
+read lazily, ``batch_size`` images at a time.
 """
 
 from __future__ import annotations

@@ -369,7 +369,7 @@ class FlowComputation:
 
 
 class INRFlow(FlowComputation, nn.Module):
-    """Flow-matching transformer on coordinate-value pairs (docs/ARCHITECTURE.md)."""
+    """Flow-matching transformer on coordinate-value pairs (docs/DESIGN.md, section 4)."""
 
     # The root's own work is split at the calls of the encoder and the trunk blocks (their own
     # FSDP2 units): ``inrflow.train.parallelize.apply_compile`` compiles each piece.
