@@ -437,6 +437,24 @@ def test_a_stalled_step_is_reported_by_the_trainer(tmp_path, capsys) -> None:
     assert "step 5 finished after" in text
 
 
+def test_slow_final_samples_are_not_reported_as_a_stall(tmp_path, capsys, monkeypatch) -> None:
+    """The final samples and scores (a minute for two domains of a co-training run) are slow by
+    design, not a stalled step."""
+    from inrflow.train.trainer import Trainer
+
+    real = Trainer.finish
+
+    def slow_finish(self, logger):
+        time.sleep(3.0)
+        return real(self, logger)
+
+    monkeypatch.setattr(Trainer, "finish", slow_finish)
+    cfg = tiny_config(tmp_path, steps=6, stall_factor=3.0, stall_seconds=0.5, ckpt_every=0)
+    train(cfg)
+    text = capsys.readouterr().out
+    assert "a process may be paused, stuck or dead" not in text
+
+
 def test_dist_timeout_reaches_the_process_group(tmp_path, monkeypatch) -> None:
     from inrflow.train import trainer as trainer_module
 

@@ -325,7 +325,8 @@ class Trainer:
                         with watchdog.slow("sampling"):
                             self.write_samples(logger)
                 self.read_steps(logger)
-            return self._wrap_up(logger, window, time.perf_counter() - t_start, start_step)
+            with watchdog.slow("the last checkpoint and the final samples"):  # slow by design
+                return self._wrap_up(logger, window, time.perf_counter() - t_start, start_step)
         finally:
             watchdog.stop()
             if window is not None:
@@ -434,8 +435,7 @@ class Trainer:
 
 
 def run(cfg: TrainConfig) -> dict[str, Any]:
-    """Build, train, clean up (a co-training run, several datasets in ``--data``, with
-    :class:`~inrflow.train.cotrain.CoTrainer`)."""
+    """Build, train, clean up; several datasets in ``--data`` make a co-training run."""
     from .cotrain import CoTrainer  # it builds on this module
 
     trainer = CoTrainer(cfg) if cfg.cotraining else Trainer(cfg)
