@@ -25,7 +25,7 @@ from inrflow.checkpoints import read_manifest
 from inrflow.data import CoordinateDataset, StreamSampler, build_loader
 from inrflow.data.schedule import DomainSchedule, parse_weights
 from inrflow.domains import Domain, SampleRun, build_dataset, domain_for
-from inrflow.model import INRFlow, MultiDomainINRFlow, count_parameters, domain_state_dict
+from inrflow.model import INRFlow, MultiDomainINRFlow, domain_state_dict
 from inrflow.model.config import INRFlowConfig
 from inrflow.model.multidomain import shared_trunk_configs
 from inrflow.nvtx import nvtx_range
@@ -34,12 +34,12 @@ from .checkpoint import CheckpointManager
 from .config import PRESETS, TrainConfig
 from .distributed import usable_cpus
 from .logging import MetricLogger, plot_loss
-from .optim import EMA, build_optimizer, clean_name, lr_at
+from .optim import clean_name, lr_at
 from .progress import TimeBucketLoss
 from .run_folder import RunFolderError, open_run_folder
 from .signals import StopRequest
-from .state import BadFiles, checkpoint_state, restore
-from .step import NonFiniteGuard, StepRecord, StepRow
+from .state import checkpoint_state, restore
+from .step import StepRecord, StepRow
 from .trainer import Trainer
 
 __all__ = ["CoTrainer", "DomainRun", "default_weights"]
@@ -136,24 +136,9 @@ class CoTrainer(Trainer):
         model = MultiDomainINRFlow(model_configs)
         self.model_configs = model.configs
         self.model_config = None  # several: no FLOP count (throughput shows n/a)
-        self.num_params = count_parameters(model)
-        self.param_dtype = cfg.param_dtype(self.device)
-        from .parallelize import parallelize
-
-        self.model = parallelize(
-            model,
-            d.mesh,
-            param_dtype=self.param_dtype,
-            activation_checkpointing=cfg.activation_checkpointing,
-            compile=cfg.compile,
-        )
-        self.model.train()
         # 5. optimizer and EMA; each domain's step moves the EMA of the shared parameters and
         # of its own
-        self.optimizer = build_optimizer(
-            self.model, cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay
-        )
-        self.ema = EMA(self.model, cfg.ema_decay)
+        self._shard(model)
         names = [clean_name(n) for n, p in self.model.named_parameters() if p.requires_grad]
         self._ema_names = {
             dom: frozenset(
@@ -161,12 +146,6 @@ class CoTrainer(Trainer):
             )
             for dom in self.runs
         }
-        self.step = 0
-        hint = "Lower --lr, check the data, or resume from an earlier checkpoint in "
-        self.guard = NonFiniteGuard(
-            cfg.max_nonfinite, hint + str(self.checkpoints.folder), warn=d.is_main
-        )
-        self.bad_files = BadFiles()
         # 6. restore
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
         self.resumed_from: Path | None = None

@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .distributed import Dist, init_distributed, usable_cpus
 from .logging import MetricLogger, plot_loss, run_logger
 from .optim import EMA, build_optimizer, lr_at
+from .parallelize import parallelize
 from .profile_window import ProfileWindow, phase_range, profile_window
 from .progress import TimeBucketLoss, append_progress
 from .run_folder import RunLock, open_run_folder, write_run_config
@@ -106,30 +107,7 @@ class Trainer:
             adopt_stored_config(self, found)
         # 4. the model, identical on every rank (same seed), then sharded
         torch.manual_seed(cfg.seed)
-        model = INRFlow(self.model_config)
-        self.num_params = count_parameters(model)
-        self.param_dtype = cfg.param_dtype(self.device)
-        from .parallelize import parallelize
-
-        self.model = parallelize(
-            model,
-            d.mesh,
-            param_dtype=self.param_dtype,
-            activation_checkpointing=cfg.activation_checkpointing,
-            compile=cfg.compile,
-        )
-        self.model.train()
-        # 5. optimizer and EMA (after sharding: both hold the shards)
-        self.optimizer = build_optimizer(
-            self.model, cfg.lr, tuple(cfg.betas), cfg.eps, cfg.weight_decay
-        )
-        self.ema = EMA(self.model, cfg.ema_decay)
-        self.step = 0
-        hint = "Lower --lr, check the data, or resume from an earlier checkpoint in "
-        self.guard = NonFiniteGuard(
-            cfg.max_nonfinite, hint + str(self.checkpoints.folder), warn=d.is_main
-        )
-        self.bad_files = BadFiles()
+        self._shard(INRFlow(self.model_config))  # 5. optimizer and EMA inside
         # 6. restore (the global RNG only serves stray uses: every draw of the training stream
         # comes from per-sample seeds; a checkpoint's RNG state replaces this seeding)
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
@@ -158,6 +136,28 @@ class Trainer:
         self._saved_step = self.step if self.resumed_from is not None else -1
         self._window: ProfileWindow | None = None
         self._time_losses = TimeBucketLoss(self.device)
+
+    def _shard(self, model: torch.nn.Module) -> None:
+        """Parallelize (AC, compile, FSDP2); optimizer, EMA and fresh-run state over the shards."""
+        cfg = self.cfg
+        self.num_params = count_parameters(model)
+        self.param_dtype = cfg.param_dtype(self.device)
+        self.model = parallelize(
+            model,
+            self.dist.mesh,
+            param_dtype=self.param_dtype,
+            activation_checkpointing=cfg.activation_checkpointing,
+            compile=cfg.compile,
+        )
+        self.model.train()
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+        self.ema = EMA(self.model, cfg.ema_decay)
+        self.step = 0
+        hint = "Lower --lr, check the data, or resume from an earlier checkpoint in "
+        self.guard = NonFiniteGuard(
+            cfg.max_nonfinite, hint + str(self.checkpoints.folder), warn=self.dist.is_main
+        )
+        self.bad_files = BadFiles()
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
