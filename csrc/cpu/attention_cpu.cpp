@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -34,6 +35,7 @@
 
 #include "../checks.h"
 #include "dispatch.h"
+#include "output_cache.h"
 #include "inrflow/grouped_attention.h"
 
 // Forced inlining, so that the AVX2 clones below compile these templates for their own ISA; and
@@ -681,6 +683,8 @@ INRFLOW_TARGET_AVX2_FMA INRFLOW_ATTN_FLATTEN void backward_items_avx2(const BwdA
 // on huge pages, 0.02 s on pages already mapped). Advice only: ignored where unsupported.
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
+  static const bool off = std::getenv("INRFLOW_EXPERIMENT_NOADVICE") != nullptr;
+  if (off) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const auto start = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t first = (start + kHuge - 1) & ~(kHuge - 1);
@@ -799,7 +803,7 @@ std::tuple<at::Tensor, at::Tensor> grouped_cross_attention_forward_cpu(
   const at::Tensor qc = q.contiguous();
   const at::Tensor kc = k.contiguous();
   const at::Tensor vc = v.contiguous();
-  at::Tensor out = at::empty({d.groups, d.hq, d.dim_v}, q.options());
+  at::Tensor out = cpu::out_tensor({d.groups, d.hq, d.dim_v}, q.options());
   at::Tensor lse = at::empty({d.groups, d.hq}, q.options().dtype(lse_dtype(q.scalar_type())));
   if (d.groups == 0) return {out, lse};
   dispatch_float(q.scalar_type(), [&](auto tag) {
@@ -816,9 +820,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> grouped_cross_attention_backward_
   check_attention_backward(kBwd, d, q, grad_out, out, lse);
   TORCH_CHECK(q.device().is_cpu(), kBwd, ": the CPU kernel got a tensor on ", q.device());
   const CpuPlan plan = make_plan(kBwd, offsets, d);
-  at::Tensor dq = at::empty({d.groups, d.hq, d.dim}, q.options());
-  at::Tensor dk = at::empty({d.tokens, d.hkv, d.dim}, q.options());
-  at::Tensor dv = at::empty({d.tokens, d.hkv, d.dim_v}, q.options());
+  at::Tensor dq = cpu::out_tensor({d.groups, d.hq, d.dim}, q.options());
+  at::Tensor dk = cpu::out_tensor({d.tokens, d.hkv, d.dim}, q.options());
+  at::Tensor dv = cpu::out_tensor({d.tokens, d.hkv, d.dim_v}, q.options());
   if (d.groups == 0) return {dq, dk, dv};
   const at::Tensor gc = grad_out.contiguous();
   const at::Tensor qc = q.contiguous();
