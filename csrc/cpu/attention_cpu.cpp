@@ -18,7 +18,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -160,6 +159,18 @@ struct ScalarOps {
     for (int64_t i = 0; i < count; ++i) out[i * ostride] = dot(rows + i * ld, b, n);
   }
 
+  // out[i * ostride] = a_i . b_i for `count` pairs of rows, a_i lda and b_i ldb apart.
+  static INRFLOW_ATTN_INLINE void dots_rows(const A* a, int64_t lda, const A* b, int64_t ldb,
+                                            int64_t count, int64_t n, A* out, int64_t ostride) {
+    for (int64_t i = 0; i < count; ++i) out[i * ostride] = dot(a + i * lda, b + i * ldb, n);
+  }
+
+  // y[0..n) += alpha x.
+  static INRFLOW_ATTN_INLINE void axpy(A* __restrict y, A alpha, const A* __restrict x,
+                                       int64_t n) {
+    for (int64_t e = 0; e < n; ++e) y[e] += alpha * x[e];
+  }
+
   // y[0..n) = factor * sum_i w[i] x_i for `count` rows x_i `ld` apart.
   static INRFLOW_ATTN_INLINE void combine(A* __restrict y, const A* w, const A* x, int64_t ld,
                                           int64_t count, int64_t n, A factor) {
@@ -202,6 +213,15 @@ struct ScalarOps {
   // dp = p * (dp - delta): the softmax backward.
   static INRFLOW_ATTN_INLINE void softmax_grad(const A* p, A* dp, int64_t n, A delta) {
     for (int64_t j = 0; j < n; ++j) dp[j] = p[j] * (dp[j] - delta);
+  }
+
+  // Across n query heads of one key: s = exp(scale s - lse), then dp = s (dp - delta).
+  static INRFLOW_ATTN_INLINE void softmax_grad_heads(A* s, A* dp, const A* lse, const A* delta,
+                                                     A scale, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+      s[i] = std::exp(s[i] * scale - lse[i]);
+      dp[i] = s[i] * (dp[i] - delta[i]);
+    }
   }
 };
 
@@ -279,6 +299,56 @@ struct Avx2Ops {
       for (int u = 0; u < 4; ++u) out[(i + u) * ostride] = s[u];
     }
     for (; i < count; ++i) out[i * ostride] = dot(rows + i * ld, b, n);
+  }
+
+  // Four dot products a_i . b_i; the four sums reduced together.
+  static INRFLOW_AVX2 __m128 dot4_pairs(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                        int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+      s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + lda + i), _mm256_loadu_ps(b + ldb + i), s1);
+      s2 = _mm256_fmadd_ps(_mm256_loadu_ps(a + 2 * lda + i), _mm256_loadu_ps(b + 2 * ldb + i), s2);
+      s3 = _mm256_fmadd_ps(_mm256_loadu_ps(a + 3 * lda + i), _mm256_loadu_ps(b + 3 * ldb + i), s3);
+    }
+    if (i < n) {
+      const __m256i m = tail_mask(n - i);
+      s0 = _mm256_fmadd_ps(_mm256_maskload_ps(a + i, m), _mm256_maskload_ps(b + i, m), s0);
+      s1 = _mm256_fmadd_ps(_mm256_maskload_ps(a + lda + i, m),
+                           _mm256_maskload_ps(b + ldb + i, m), s1);
+      s2 = _mm256_fmadd_ps(_mm256_maskload_ps(a + 2 * lda + i, m),
+                           _mm256_maskload_ps(b + 2 * ldb + i, m), s2);
+      s3 = _mm256_fmadd_ps(_mm256_maskload_ps(a + 3 * lda + i, m),
+                           _mm256_maskload_ps(b + 3 * ldb + i, m), s3);
+    }
+    const __m256 s = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+    return _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+  }
+
+  static INRFLOW_AVX2 void dots_rows(const float* a, int64_t lda, const float* b, int64_t ldb,
+                                     int64_t count, int64_t n, float* out, int64_t ostride) {
+    int64_t i = 0;
+    for (; i + 4 <= count; i += 4) {
+      alignas(16) float s[4];
+      _mm_store_ps(s, dot4_pairs(a + i * lda, lda, b + i * ldb, ldb, n));
+      for (int u = 0; u < 4; ++u) out[(i + u) * ostride] = s[u];
+    }
+    for (; i < count; ++i) out[i * ostride] = dot(a + i * lda, b + i * ldb, n);
+  }
+
+  static INRFLOW_AVX2 void axpy(float* y, float alpha, const float* x, int64_t n) {
+    const __m256 w = _mm256_set1_ps(alpha);
+    int64_t e = 0;
+    for (; e + 8 <= n; e += 8) {
+      _mm256_storeu_ps(y + e, _mm256_fmadd_ps(w, _mm256_loadu_ps(x + e), _mm256_loadu_ps(y + e)));
+    }
+    if (e < n) {
+      const __m256i m = tail_mask(n - e);
+      _mm256_maskstore_ps(
+          y + e, m, _mm256_fmadd_ps(w, _mm256_maskload_ps(x + e, m), _mm256_maskload_ps(y + e, m)));
+    }
   }
 
   static INRFLOW_AVX2 void combine(float* y, const float* w, const float* x, int64_t ld,
@@ -424,6 +494,20 @@ struct Avx2Ops {
                                              _mm256_sub_ps(_mm256_loadu_ps(dp + j), d)));
     }
     for (; j < n; ++j) dp[j] = p[j] * (dp[j] - delta);
+  }
+
+  static INRFLOW_AVX2 void softmax_grad_heads(float* s, float* dp, const float* lse,
+                                              const float* delta, float scale, int64_t n) {
+    const __m256 sc = _mm256_set1_ps(scale);
+    for (int64_t i = 0; i < n; i += 8) {
+      const __m256i m = tail_mask(n - i);
+      const __m256 x = _mm256_sub_ps(_mm256_mul_ps(_mm256_maskload_ps(s + i, m), sc),
+                                     _mm256_maskload_ps(lse + i, m));
+      const __m256 p = exp8(x);
+      _mm256_maskstore_ps(s + i, m, p);
+      const __m256 g = _mm256_sub_ps(_mm256_maskload_ps(dp + i, m), _mm256_maskload_ps(delta + i, m));
+      _mm256_maskstore_ps(dp + i, m, _mm256_mul_ps(p, g));
+    }
   }
 };
 #undef INRFLOW_AVX2
@@ -643,14 +727,164 @@ INRFLOW_ATTN_INLINE void backward_items(const BwdArgs<T>& a, int64_t begin, int6
   Ops::stream_fence();
 }
 
+// The same two passes with one task per split over *all* kv heads, for Hkv > 1. There a key row
+// of one head is D elements out of every Hkv * D, so a per-head task reads its block in pieces
+// of D elements spread over a page each (3 KB apart at 12 heads x 64), which the hardware
+// prefetchers do not follow across pages; here every pass walks the split's key and value rows
+// in address order, all heads of a row at once, and the backward writes each dk/dv row (all
+// heads) in one contiguous stream. Per-query-head accumulators ([Hq, Dv] and [Hq, D]) stay in L1.
+template <typename Ops, typename T>
+INRFLOW_ATTN_INLINE void forward_rows(const FwdArgs<T>& a, int64_t begin, int64_t end) {
+  using A = Acc<T>;
+  constexpr bool kWiden = !std::is_same_v<T, A>;
+  const AttentionDims& d = a.d;
+  const int64_t rep = d.hq / d.hkv;
+  const int64_t split = a.plan->split;
+  const int64_t ldk = d.hkv * d.dim;
+  const int64_t ldv = d.hkv * d.dim_v;
+  Scratch<A> sc;
+  sc.mem.resize(d.hq * split + d.hq * d.dim_v + 2 * d.hq +
+                (kWiden ? d.hq * d.dim + split * (ldk + ldv) : 0));
+  A* s = sc.take(d.hq * split);
+  A* acc = sc.take(d.hq * d.dim_v);
+  A* mrow = sc.take(d.hq);
+  A* lrow = sc.take(d.hq);
+  A* qbuf = kWiden ? sc.take(d.hq * d.dim) : nullptr;
+  A* kbuf = kWiden ? sc.take(split * ldk) : nullptr;
+  A* vbuf = kWiden ? sc.take(split * ldv) : nullptr;
+  for (int64_t item = begin; item < end; ++item) {
+    const SplitRange sp = locate(*a.plan, 1, item);
+    const int64_t len = sp.end - sp.begin;
+    const int64_t head0 = sp.group * d.hq;
+    int64_t ld_q = 0, ld_k = 0, ld_v = 0;
+    const A* q = as_acc(a.q + head0 * d.dim, d.hq, d.dim, d.dim, qbuf, ld_q);
+    const A* k = as_acc(a.k + sp.begin * ldk, len, ldk, ldk, kbuf, ld_k);
+    const A* v = as_acc(a.v + sp.begin * ldv, len, ldv, ldv, vbuf, ld_v);
+    // s[i, j] = q_i . k_j,h(i), key rows in order
+    for (int64_t j = 0; j < len; ++j) {
+      const A* krow = k + j * ld_k;
+      if (rep == 1) {
+        Ops::dots_rows(q, d.dim, krow, d.dim, d.hkv, d.dim, s + j, split);
+      } else {
+        for (int64_t h = 0; h < d.hkv; ++h) {
+          Ops::dots(q + h * rep * d.dim, d.dim, rep, krow + h * d.dim, d.dim,
+                    s + h * rep * split + j, split);
+        }
+      }
+    }
+    for (int64_t i = 0; i < d.hq; ++i) {
+      A* row = s + i * split;
+      mrow[i] = Ops::scale_max(row, len, a.scale);
+      lrow[i] = Ops::exp_shift(row, len, mrow[i]);
+    }
+    // acc_i = sum_j p[i, j] v_j,h(i), value rows in order
+    std::fill(acc, acc + d.hq * d.dim_v, A(0));
+    for (int64_t j = 0; j < len; ++j) {
+      const A* vrow = v + j * ld_v;
+      for (int64_t i = 0; i < d.hq; ++i) {
+        Ops::axpy(acc + i * d.dim_v, s[i * split + j], vrow + (i / rep) * d.dim_v, d.dim_v);
+      }
+    }
+    for (int64_t i = 0; i < d.hq; ++i) {
+      if (sp.count == 1) {
+        store_row(a.out + (head0 + i) * d.dim_v, acc + i * d.dim_v, A(1) / lrow[i], d.dim_v);
+        a.lse[head0 + i] = gattn::merged_lse(mrow[i], lrow[i]);
+      } else {
+        const int64_t slot = sp.slot * d.hq + i;
+        a.part_ml[2 * slot] = mrow[i];
+        a.part_ml[2 * slot + 1] = lrow[i];
+        std::copy(acc + i * d.dim_v, acc + (i + 1) * d.dim_v, a.part_acc + slot * d.dim_v);
+      }
+    }
+  }
+}
+
+template <typename Ops, typename T>
+INRFLOW_ATTN_INLINE void backward_rows(const BwdArgs<T>& a, int64_t begin, int64_t end) {
+  using A = Acc<T>;
+  constexpr bool kWiden = !std::is_same_v<T, A>;
+  const AttentionDims& d = a.d;
+  const int64_t rep = d.hq / d.hkv;
+  const int64_t ldk = d.hkv * d.dim;
+  const int64_t ldv = d.hkv * d.dim_v;
+  const int64_t width = std::max(d.dim, d.dim_v);
+  Scratch<A> sc;
+  sc.mem.resize(d.hq * d.dim + 4 * d.hq +
+                (kWiden ? d.hq * (d.dim + 2 * d.dim_v) + ldk + ldv + width : 0));
+  A* dq = sc.take(d.hq * d.dim);
+  A* delta = sc.take(d.hq);
+  A* lse = sc.take(d.hq);
+  A* p = sc.take(d.hq);
+  A* ds = sc.take(d.hq);
+  A* qbuf = kWiden ? sc.take(d.hq * d.dim) : nullptr;
+  A* dobuf = kWiden ? sc.take(d.hq * d.dim_v) : nullptr;
+  A* obuf = kWiden ? sc.take(d.hq * d.dim_v) : nullptr;
+  A* kbuf = kWiden ? sc.take(ldk) : nullptr;
+  A* vbuf = kWiden ? sc.take(ldv) : nullptr;
+  A* rowbuf = kWiden ? sc.take(width) : nullptr;
+  for (int64_t item = begin; item < end; ++item) {
+    const SplitRange sp = locate(*a.plan, 1, item);
+    const int64_t head0 = sp.group * d.hq;
+    int64_t ld_q = 0, ld_do = 0, ld_o = 0, ld_unused = 0;
+    const A* q = as_acc(a.q + head0 * d.dim, d.hq, d.dim, d.dim, qbuf, ld_q);
+    const A* dout = as_acc(a.grad_out + head0 * d.dim_v, d.hq, d.dim_v, d.dim_v, dobuf, ld_do);
+    const A* o = as_acc(a.out + head0 * d.dim_v, d.hq, d.dim_v, d.dim_v, obuf, ld_o);
+    for (int64_t i = 0; i < d.hq; ++i) {
+      delta[i] = Ops::dot(dout + i * d.dim_v, o + i * d.dim_v, d.dim_v);
+      lse[i] = a.lse[head0 + i];
+    }
+    std::fill(dq, dq + d.hq * d.dim, A(0));
+    // One pass over the split's rows: the probabilities come straight from the saved lse.
+    for (int64_t row = sp.begin; row < sp.end; ++row) {
+      const A* krow = as_acc(a.k + row * ldk, 1, ldk, ldk, kbuf, ld_unused);
+      const A* vrow = as_acc(a.v + row * ldv, 1, ldv, ldv, vbuf, ld_unused);
+      // p_i = q_i . k_h(i), dp_i = do_i . v_h(i)
+      if (rep == 1) {
+        Ops::dots_rows(q, d.dim, krow, d.dim, d.hkv, d.dim, p, 1);
+        Ops::dots_rows(dout, d.dim_v, vrow, d.dim_v, d.hkv, d.dim_v, ds, 1);
+      } else {
+        for (int64_t h = 0; h < d.hkv; ++h) {
+          Ops::dots(q + h * rep * d.dim, d.dim, rep, krow + h * d.dim, d.dim, p + h * rep, 1);
+          Ops::dots(dout + h * rep * d.dim_v, d.dim_v, rep, vrow + h * d.dim_v, d.dim_v,
+                    ds + h * rep, 1);
+        }
+      }
+      Ops::softmax_grad_heads(p, ds, lse, delta, a.scale, d.hq);
+      // dv_h = sum_r p_hr do_hr and dk_h = scale sum_r ds_hr q_hr, the row written once;
+      // dq_i += ds_i k_h(i)
+      for (int64_t h = 0; h < d.hkv; ++h) {
+        const int64_t i0 = h * rep;
+        combine_to<Ops, true>(a.dv + row * ldv + h * d.dim_v, p + i0, dout + i0 * d.dim_v,
+                              d.dim_v, rep, d.dim_v, A(1), rowbuf);
+        combine_to<Ops, true>(a.dk + row * ldk + h * d.dim, ds + i0, q + i0 * d.dim, d.dim, rep,
+                              d.dim, a.scale, rowbuf);
+        for (int64_t r = 0; r < rep; ++r) {
+          Ops::axpy(dq + (i0 + r) * d.dim, ds[i0 + r], krow + h * d.dim, d.dim);
+        }
+      }
+    }
+    for (int64_t i = 0; i < d.hq; ++i) {
+      if (sp.count == 1) {
+        store_row(a.dq + (head0 + i) * d.dim, dq + i * d.dim, a.scale, d.dim);
+      } else {
+        A* dst = a.part_dq + (sp.slot * d.hq + i) * d.dim;
+        for (int64_t e = 0; e < d.dim; ++e) dst[e] = a.scale * dq[i * d.dim + e];
+      }
+    }
+  }
+  Ops::stream_fence();
+}
+
 // Entry points per ISA: the AVX2 ones compile the same templates under target("avx2,fma,f16c"),
 // with Avx2Ops for fp32 (ScalarOps, auto-vectorised, for the other types).
 template <typename T>
 void forward_items_baseline(const FwdArgs<T>& a, int64_t b, int64_t e) {
+  if (a.d.hkv > 1) return forward_rows<ScalarOps<Acc<T>>, T>(a, b, e);
   forward_items<ScalarOps<Acc<T>>, T>(a, b, e);
 }
 template <typename T>
 void backward_items_baseline(const BwdArgs<T>& a, int64_t b, int64_t e) {
+  if (a.d.hkv > 1) return backward_rows<ScalarOps<Acc<T>>, T>(a, b, e);
   backward_items<ScalarOps<Acc<T>>, T>(a, b, e);
 }
 
@@ -668,11 +902,13 @@ using Avx2OpsFor = ScalarOps<Acc<T>>;
 template <typename T>
 INRFLOW_TARGET_AVX2_FMA INRFLOW_ATTN_FLATTEN void forward_items_avx2(const FwdArgs<T>& a, int64_t b,
                                                                      int64_t e) {
+  if (a.d.hkv > 1) return forward_rows<Avx2OpsFor<T>, T>(a, b, e);
   forward_items<Avx2OpsFor<T>, T>(a, b, e);
 }
 template <typename T>
 INRFLOW_TARGET_AVX2_FMA INRFLOW_ATTN_FLATTEN void backward_items_avx2(const BwdArgs<T>& a,
                                                                       int64_t b, int64_t e) {
+  if (a.d.hkv > 1) return backward_rows<Avx2OpsFor<T>, T>(a, b, e);
   backward_items<Avx2OpsFor<T>, T>(a, b, e);
 }
 
@@ -683,8 +919,6 @@ INRFLOW_TARGET_AVX2_FMA INRFLOW_ATTN_FLATTEN void backward_items_avx2(const BwdA
 // on huge pages, 0.02 s on pages already mapped). Advice only: ignored where unsupported.
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool off = std::getenv("INRFLOW_EXPERIMENT_NOADVICE") != nullptr;
-  if (off) return;
   constexpr uintptr_t kHuge = uintptr_t{2} << 20;
   const auto start = reinterpret_cast<uintptr_t>(t.data_ptr());
   const uintptr_t first = (start + kHuge - 1) & ~(kHuge - 1);
@@ -695,10 +929,16 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
+// Tasks: one per split and kv head, or one per split (all heads) on the row-order path.
+int64_t tasks(const AttentionDims& d, const CpuPlan& p) {
+  return d.hkv > 1 ? p.splits() : p.splits() * d.hkv;
+}
+
 // Tasks per at::parallel_for chunk: about 64k multiply-adds each.
 int64_t grain(const AttentionDims& d, const CpuPlan& p) {
   const int64_t keys = std::max<int64_t>(1, d.tokens / std::max<int64_t>(1, p.splits()));
-  const int64_t work = keys * (d.hq / d.hkv) * (d.dim + d.dim_v);
+  const int64_t heads = tasks(d, p) == p.splits() ? d.hq : d.hq / d.hkv;
+  const int64_t work = keys * heads * (d.dim + d.dim_v);
   return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(1, work));
 }
 
@@ -714,7 +954,7 @@ void forward_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v
                out.mutable_data_ptr<T>(), lse.mutable_data_ptr<A>(), part_ml.data(),
                part_acc.data(), &plan, d, static_cast<A>(scale)};
   cpu::parallel_for_isa(
-      cpu::Isa::kAvx2Fma, plan.splits() * d.hkv, grain(d, plan),
+      cpu::Isa::kAvx2Fma, tasks(d, plan), grain(d, plan),
       [&](int64_t b, int64_t e) { forward_items_avx2<T>(a, b, e); },
       [&](int64_t b, int64_t e) { forward_items_baseline<T>(a, b, e); });
   // Empty groups and groups with several splits.
@@ -760,7 +1000,7 @@ void backward_typed(const at::Tensor& grad_out, const at::Tensor& q, const at::T
                dq.mutable_data_ptr<T>(), dk.mutable_data_ptr<T>(), dv.mutable_data_ptr<T>(),
                part_dq.data(), &plan, d, static_cast<A>(scale)};
   cpu::parallel_for_isa(
-      cpu::Isa::kAvx2Fma, plan.splits() * d.hkv, grain(d, plan),
+      cpu::Isa::kAvx2Fma, tasks(d, plan), grain(d, plan),
       [&](int64_t b, int64_t e) { backward_items_avx2<T>(a, b, e); },
       [&](int64_t b, int64_t e) { backward_items_baseline<T>(a, b, e); });
   const int64_t width = d.hq * d.dim;

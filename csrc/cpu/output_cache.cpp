@@ -61,11 +61,6 @@ void* map_block(int64_t bytes) {
   const uintptr_t end = start + span;
   const uintptr_t used_end = aligned + static_cast<uintptr_t>(bytes);
   if (end > used_end) munmap(reinterpret_cast<void*>(used_end), end - used_end);
-  static const bool huge = [] {
-    const char* e = std::getenv("INRFLOW_EXPERIMENT_HUGE");
-    return e != nullptr && std::strcmp(e, "1") == 0;
-  }();
-  if (huge) madvise(reinterpret_cast<void*>(aligned), static_cast<size_t>(bytes), MADV_HUGEPAGE);
   return reinterpret_cast<void*>(aligned);
 #else
   return ::operator new(static_cast<size_t>(bytes), std::align_val_t(kBlockAlign));
