@@ -82,13 +82,18 @@ def main() -> None:
     models = {n: INRFlow(c).train() for n, c in configs.items()}
     multi = MultiDomainINRFlow(co_configs).train()
     opt = {n: torch.optim.AdamW(m.parameters(), fused=True) for n, m in models.items()}
-    multi_opt = torch.optim.AdamW(multi.parameters(), fused=True)
+    # as the trainer: one AdamW per domain over the parameters its steps train
+    named = dict(multi.named_parameters())
+    multi_opt = {
+        n: torch.optim.AdamW([named[k] for k in sorted(multi.trained_parameters(n))], fused=True)
+        for n in co.domain_names()
+    }
     times: dict[str, list[float]] = {}
     for r in range(args.warmup + args.rounds):
         for name in co.domain_names():
             batch = data[name][r % len(data[name])]
             t_single = step(models[name], opt[name], batch)
-            t_co = step(functools.partial(multi, domain=name), multi_opt, batch)
+            t_co = step(functools.partial(multi, domain=name), multi_opt[name], batch)
             if r >= args.warmup:
                 times.setdefault(f"{name}/single", []).append(t_single)
                 times.setdefault(f"{name}/cotrained", []).append(t_co)
