@@ -80,6 +80,20 @@ def test_the_trunk_reads_context_only_for_the_domains_that_have_it() -> None:
     assert all(p.grad is not None for p in cross)
 
 
+def test_trained_parameters_are_exactly_those_a_step_gives_gradients() -> None:
+    """What each domain's optimizer holds: a step of the domain reaches all of them and no
+    other (digits skip the trunk's cross-attention, which shapes read)."""
+    model = randomize(MultiDomainINRFlow(configs()))
+    for name, cfg in model.configs.items():
+        run(model, batch(cfg), domain=name).square().mean().backward()
+        reached = {n for n, p in model.named_parameters() if p.grad is not None}
+        assert model.trained_parameters(name) == reached, name
+        model.zero_grad(set_to_none=True)
+    assert not any(".cross." in n for n in model.trained_parameters("digits"))
+    with pytest.raises(KeyError, match="unknown domain"):
+        model.trained_parameters("audio")
+
+
 def test_a_domain_computes_a_plain_inrflow_with_its_weights() -> None:
     """The reference: a plain INRFlow of the domain's config, its parameters copied by name from
     the shared modules and the domain's parts, the domain embedding added to the time

@@ -179,6 +179,38 @@ def test_optimizer_is_fused_where_every_parameter_allows_it() -> None:
         torch.testing.assert_close(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "impl", [dict(fused=True), dict(foreach=True), dict(foreach=False, amsgrad=True)]
+)
+def test_eager_optimizer_state_trains_as_the_lazy_one(impl) -> None:
+    """``init_state`` creates what the first step would, so the steps are bit-identical; and a
+    checkpoint's state dict of a fresh optimizer then counts no step (the one DCP would take
+    to fill an empty optimizer changes the bias correction of the real first step)."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    from inrflow.train.optim import init_state
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(8, 8), torch.nn.Linear(8, 8)
+    b.load_state_dict(a.state_dict())
+    eager, lazy = (torch.optim.AdamW(m.parameters(), lr=1e-2, **impl) for m in (a, b))
+    init_state(eager)
+    get_optimizer_state_dict(a, eager)  # as a checkpoint before the first step does
+    for _ in range(3):
+        x = torch.randn(5, 8)
+        for m, o in ((a, eager), (b, lazy)):
+            o.zero_grad()
+            m(x).square().sum().backward()
+            o.step()
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+        sa, sb = eager.state[pa], lazy.state[pb]
+        assert sa.keys() == sb.keys()
+        for key in sa:
+            assert sa[key].dtype == sb[key].dtype and sa[key].device == sb[key].device, key
+            assert torch.equal(sa[key], sb[key]), key
+
+
 def test_precision_and_activation_checkpointing_options(tmp_path) -> None:
     base = train(tiny_config(tmp_path / "a", steps=3, ckpt_every=0))
     ac = train(tiny_config(tmp_path / "b", steps=3, ckpt_every=0, activation_checkpointing=True))

@@ -157,6 +157,8 @@ class MultiDomainINRFlow(nn.Module):
     def __init__(self, configs: Mapping[str, INRFlowConfig]) -> None:
         super().__init__()
         self.configs = shared_trunk_configs(configs)
+        # the domains whose own trunk has no cross-attention skip the shared one
+        self._skips_cross = {n: c.trunk_cross_kind == "none" for n, c in configs.items()}
         first = next(iter(self.configs.values()))
         shared = build_modules(first)
         self.t_embed = shared["t_embed"]
@@ -188,6 +190,21 @@ class MultiDomainINRFlow(nn.Module):
         if name not in self.configs:
             raise KeyError(f"unknown domain {name!r}; this model has {list(self.configs)}")
         return _DomainView(self, name)
+
+    def trained_parameters(self, name: str) -> frozenset[str]:
+        """Names of the parameters that a step of domain ``name`` trains: the shared ones and
+        its own, less the trunk's cross-attention when the domain has no memory tokens for it.
+        A co-training run gives each domain an optimizer over exactly these."""
+        if name not in self.configs:
+            raise KeyError(f"unknown domain {name!r}; this model has {list(self.configs)}")
+        own = f"domains.{name}."
+        skipped = (".cross.", ".cross_mlp.") if self._skips_cross[name] else ()
+        return frozenset(
+            n
+            for n, _ in self.named_parameters()
+            if (n.startswith(own) or not n.startswith("domains."))
+            and not (n.startswith("blocks.") and any(s in n for s in skipped))
+        )
 
     def forward(self, *args, domain: str, **kwargs) -> torch.Tensor:
         """:meth:`INRFlow.forward` of domain ``domain`` (same arguments)."""

@@ -20,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from inrflow.checkpoints import read_manifest
 from inrflow.data import CoordinateDataset, StreamSampler, build_loader
@@ -34,7 +38,7 @@ from .checkpoint import CheckpointManager
 from .config import PRESETS, TrainConfig
 from .distributed import usable_cpus
 from .logging import MetricLogger, plot_loss
-from .optim import clean_name, lr_at
+from .optim import build_optimizer, clean_name, init_state, lr_at
 from .progress import TimeBucketLoss
 from .run_folder import RunFolderError, open_run_folder
 from .signals import StopRequest
@@ -136,16 +140,26 @@ class CoTrainer(Trainer):
         model = MultiDomainINRFlow(model_configs)
         self.model_configs = model.configs
         self.model_config = None  # several: no FLOP count (throughput shows n/a)
-        # 5. optimizer and EMA; each domain's step moves the EMA of the shared parameters and
-        # of its own
+        # 5. optimizers and EMA: each domain's step moves the parameters it trains (the shared
+        # ones and its own) with that domain's AdamW, and their EMA
+        self._trained = {dom: model.trained_parameters(dom) for dom in self.runs}
         self._shard(model)
-        names = [clean_name(n) for n, p in self.model.named_parameters() if p.requires_grad]
-        self._ema_names = {
-            dom: frozenset(
-                n for n in names if not n.startswith("domains.") or n.startswith(f"domains.{dom}.")
+        params = {clean_name(n): p for n, p in self.model.named_parameters() if p.requires_grad}
+        # Adam divides each step by the parameter's running gradient scale. Moments shared by
+        # the domains would divide the steps of one domain on the shared trunk by the other's
+        # scale: in the demo the digits gradients kept the shared moments 2-5x above the shapes
+        # run's own, and the shapes steps on the trunk were that much smaller. One AdamW per
+        # domain keeps every domain's steps as in its own run, for the price of one more set of
+        # moments of the shared parameters per domain.
+        self.optimizers = {
+            dom: build_optimizer(
+                [params[n] for n in names], cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay
             )
-            for dom in self.runs
+            for dom, names in self._trained.items()
         }
+        for opt in self.optimizers.values():
+            init_state(opt)
+        self.optimizer = self.optimizers[self.schedule.domain_at(0)]
         # 6. restore
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
         self.resumed_from: Path | None = None
@@ -196,6 +210,12 @@ class CoTrainer(Trainer):
                 f"cannot resume {path}: it is not a co-training run of {list(mine)}. Use "
                 "--overwrite or another --out for a new run"
             )
+        if manifest.get("optimizers") != "per-domain":
+            raise RunFolderError(
+                f"cannot resume {path}: it was written by an earlier inrflow whose domains "
+                "shared one optimizer state (each domain now has its own). Its weights still "
+                "sample and export; use --overwrite or another --out to train again"
+            )
         for name, fields in stored.items():
             kept = INRFlowConfig.from_dict(fields)
             if kept != mine[name]:
@@ -217,8 +237,18 @@ class CoTrainer(Trainer):
     def train_step(
         self, batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        self.ema.restrict(self._ema_names[self.current])
+        self.optimizer = self.optimizers[self.current]
+        self.ema.restrict(self._trained[self.current])
         return super().train_step(batch)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return {
+            dom: get_optimizer_state_dict(self.model, opt) for dom, opt in self.optimizers.items()
+        }
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        for dom, opt in self.optimizers.items():
+            set_optimizer_state_dict(self.model, opt, state[dom])
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -227,6 +257,7 @@ class CoTrainer(Trainer):
             "datasets": {n: r.domain.dataset_info(r.dataset) for n, r in self.runs.items()},
             "domain_options": {n: r.options.to_dict() for n, r in self.runs.items()},
             "domain_weights": self.schedule.weights,
+            "optimizers": "per-domain",  # AdamW states by domain (see _setup)
             "train_config": self.cfg.to_dict(),
             "num_params": self.num_params,
             "torch_version": torch.__version__,

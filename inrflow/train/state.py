@@ -14,12 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch.distributed.checkpoint.state_dict import (
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from inrflow.checkpoints import read_manifest
 from inrflow.model.config import INRFlowConfig
@@ -70,7 +65,7 @@ def checkpoint_state(trainer: Trainer, rng_ranks: int | None = None) -> dict[str
     """The DCP state dict; this rank's RNG only when the checkpoint has a slot for it."""
     state: dict[str, Any] = {
         "model": get_model_state_dict(trainer.model),
-        "optim": get_optimizer_state_dict(trainer.model, trainer.optimizer),
+        "optim": trainer.optimizer_state(),
         "ema": trainer.ema.state_dict(),
         "trainer": {
             "step": trainer.step,
@@ -105,7 +100,7 @@ def restore(trainer: Trainer) -> None:
         return
     path, meta, state = found
     set_model_state_dict(trainer.model, state["model"])
-    set_optimizer_state_dict(trainer.model, trainer.optimizer, state["optim"])
+    trainer.load_optimizer_state(state["optim"])
     trainer.ema.load_state_dict(state["ema"])
     tr = state["trainer"]
     trainer.step, trainer.guard.skipped = int(tr["step"]), int(tr["skipped_steps"])

@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.checkpoint.state_dict import (
+    get_optimizer_state_dict,
+    set_optimizer_state_dict,
+)
 
 from inrflow.data import CoordinateDataset, StreamSampler, build_loader
 from inrflow.domains import SampleRun, build_dataset, domain_for
@@ -32,7 +36,7 @@ from .checkpoint import CheckpointManager
 from .config import TrainConfig
 from .distributed import Dist, init_distributed, usable_cpus
 from .logging import MetricLogger, plot_loss, run_logger
-from .optim import EMA, build_optimizer, lr_at
+from .optim import EMA, build_optimizer, init_state, lr_at
 from .parallelize import parallelize
 from .profile_window import ProfileWindow, phase_range, profile_window
 from .progress import TimeBucketLoss, append_progress
@@ -151,6 +155,7 @@ class Trainer:
         )
         self.model.train()
         self.optimizer = build_optimizer(self.model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+        init_state(self.optimizer)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.step = 0
         hint = "Lower --lr, check the data, or resume from an earlier checkpoint in "
@@ -158,6 +163,13 @@ class Trainer:
             cfg.max_nonfinite, hint + str(self.checkpoints.folder), warn=self.dist.is_main
         )
         self.bad_files = BadFiles()
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer's state as a checkpoint holds it (keyed by parameter name, sharded)."""
+        return get_optimizer_state_dict(self.model, self.optimizer)
+
+    def load_optimizer_state(self, state: dict[str, Any]) -> None:
+        set_optimizer_state_dict(self.model, self.optimizer, state)
 
     # -- helpers ---------------------------------------------------------------------------------
     @property
