@@ -16,10 +16,14 @@ timed with ``INRFLOW_BENCH_LARGE=1`` (the eager scatter reference alone takes mi
 there); by default the CPU benchmarks use 1/8 of the groups (same group sizes, heads and widths)
 so the whole CPU suite stays under 15 minutes, and the CUDA ones always use the full sizes. Padded
 SDPA is skipped for (b): padding 8192 groups to the largest one needs hundreds of GB.
-``extra_info`` records the bytes a fused implementation must move (:func:`bytes_moved`), the FLOPs
-of forward + backward (:func:`flops_fwd_bwd`), the achieved GB/s and GFLOP/s, the share of the
-session's roofline and, on CUDA, the achieved bandwidth against the device's datasheet peak. Each
-benchmark checks its output and dk on a slice against the fp64 reference.
+The extension's CPU outputs come from its bounded output cache (``inrflow.ops.cpu_output_cache``;
+a warm-up call fills it, as the previous step of a training loop would); the extension is also
+timed with the cache switched off (``..._no_output_cache_cpu``), paying for fresh output pages on
+every call as SDPA does. ``extra_info`` records the bytes a fused implementation must move
+(:func:`bytes_moved`), the FLOPs of forward + backward (:func:`flops_fwd_bwd`), the achieved GB/s
+and GFLOP/s, the share of the session's roofline and, on CUDA, the achieved bandwidth against the
+device's datasheet peak. Each benchmark checks its output and dk on a slice against the fp64
+reference.
 """
 
 from __future__ import annotations
@@ -210,6 +214,19 @@ def test_attention_fwd_bwd_cpu(benchmark, impl, make_impl, synchronize, smoke, l
     shape = _cpu_shape(name, smoke, large)
     benchmark.group = f"grouped_cross_attention fwd+bwd cpu fp32 {name} {shape[0]} groups"
     run(benchmark, attention(make_impl, impl, "cpu"), synchronize, shape, "cpu")
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+@pytest.mark.benchmark(group="grouped_cross_attention fwd+bwd cpu fp32")
+def test_attention_extension_no_output_cache_cpu(
+    benchmark, make_impl, synchronize, smoke, large, name
+) -> None:
+    """The extension with its output cache off: fresh output memory on every call."""
+    shape = _cpu_shape(name, smoke, large)
+    benchmark.group = f"grouped_cross_attention fwd+bwd cpu fp32 {name} {shape[0]} groups"
+    fn = attention(make_impl, "extension", "cpu")
+    with inrflow.ops.cpu_output_cache(0):
+        run(benchmark, fn, synchronize, shape, "cpu")
 
 
 @pytest.mark.parametrize("name", ["uniform", "folded"])

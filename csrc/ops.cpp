@@ -41,6 +41,13 @@ TORCH_LIBRARY(inrflow, m) {
   m.def(
       "grouped_cross_attention_backward(Tensor grad_out, Tensor q, Tensor k, Tensor v, "
       "Tensor offsets, Tensor out, Tensor lse, float scale) -> (Tensor, Tensor, Tensor)");
+
+  // The CPU kernels' cache of large output buffers (csrc/cpu/output_cache.h): sets the bound on
+  // the idle bytes it keeps (0 disables it and frees them, negative leaves it), returns the
+  // previous bound.
+  m.def("cpu_output_cache_limit(int limit_bytes) -> int");
+  // [limit_bytes, idle_bytes, live_bytes, hits, misses] of that cache.
+  m.def("cpu_output_cache_stats() -> int[]");
 }
 
 extern "C" {

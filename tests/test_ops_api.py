@@ -42,6 +42,9 @@ def test_public_names() -> None:
         "use_backend",
         "get_backend",
         "extension_available",
+        "cpu_output_cache",
+        "cpu_output_cache_stats",
+        "set_cpu_output_cache_limit",
     }
     for name in ops.__all__:
         assert callable(getattr(ops, name))

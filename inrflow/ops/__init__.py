@@ -14,9 +14,16 @@ from inrflow.ops import reference  # noqa: F401 - inrflow.ops.reference is publi
 from inrflow.ops._backend import get_backend, use_backend
 from inrflow.ops.assign import grid_assign, grid_centers, group_layout, nearest_assign
 from inrflow.ops.attention import grouped_cross_attention
+from inrflow.ops.cpu_cache import (
+    cpu_output_cache,
+    cpu_output_cache_stats,
+    set_cpu_output_cache_limit,
+)
 from inrflow.ops.fourier import fourier_embed, fourier_frequencies
 
 __all__ = [
+    "cpu_output_cache",
+    "cpu_output_cache_stats",
     "extension_available",
     "fourier_embed",
     "fourier_frequencies",
@@ -26,6 +33,7 @@ __all__ = [
     "group_layout",
     "grouped_cross_attention",
     "nearest_assign",
+    "set_cpu_output_cache_limit",
     "use_backend",
 ]
 
