@@ -7,13 +7,14 @@ an update costs one fused ``lerp`` over local memory and no communication.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
 
-__all__ = ["EMA", "build_optimizer", "clean_name", "init_state", "lr_at"]
+__all__ = ["EMA", "LR_SCHEDULES", "build_optimizer", "clean_name", "init_state", "lr_at"]
 
 
 def build_optimizer(
@@ -75,11 +76,38 @@ def _fused_ok(params: list[torch.Tensor]) -> bool:
     return bool(params) and all(p.is_floating_point() and p.device.type in devices for p in params)
 
 
-def lr_at(step: int, base_lr: float, warmup_steps: int) -> float:
-    """Constant learning rate after a linear warm-up of ``warmup_steps`` (the paper: none)."""
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_at(
+    step: int,
+    base_lr: float,
+    warmup_steps: int,
+    schedule: str = "constant",
+    total_steps: int = 0,
+) -> float:
+    """The learning rate of optimizer step ``step`` (0-based).
+
+    A linear warm-up over ``warmup_steps`` (the paper: none), then ``schedule``: ``constant``
+    (the paper's), or a ``cosine`` / ``linear`` decay from ``base_lr`` towards 0 at
+    ``total_steps`` (the run's last step still has a small positive rate). A short run that
+    memorises its data gains most at the end of a decay, where the weights settle instead of
+    jittering at the constant rate's noise level. A pure function of the step, so a resumed
+    run continues the same curve.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
     if warmup_steps > 0 and step < warmup_steps:
         return base_lr * (step + 1) / warmup_steps
-    return base_lr
+    if schedule == "constant":
+        return base_lr
+    if total_steps < 1:
+        raise ValueError(f"a {schedule} lr schedule needs total_steps >= 1, got {total_steps}")
+    decay = max(total_steps - warmup_steps, 1)
+    progress = min(max(step - warmup_steps, 0) / decay, 1.0)
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base_lr * (1.0 - progress)
 
 
 def clean_name(name: str) -> str:

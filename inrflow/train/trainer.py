@@ -225,7 +225,8 @@ class Trainer:
 
     def _lr(self) -> float:
         """The learning rate of the current step."""
-        return lr_at(self.step, self.cfg.lr, self.cfg.warmup_steps)
+        cfg = self.cfg
+        return lr_at(self.step, cfg.lr, cfg.warmup_steps, cfg.lr_schedule, cfg.steps)
 
     def _row_domain(self, row: StepRow) -> str | None:
         """The domain a logged step trained (None: a single-domain run)."""
