@@ -90,10 +90,9 @@ def lr_at(
 
     A linear warm-up over ``warmup_steps`` (the paper: none), then ``schedule``: ``constant``
     (the paper's), or a ``cosine`` / ``linear`` decay from ``base_lr`` towards 0 at
-    ``total_steps`` (the run's last step still has a small positive rate). A short run that
-    memorises its data gains most at the end of a decay, where the weights settle instead of
-    jittering at the constant rate's noise level. A pure function of the step, so a resumed
-    run continues the same curve.
+    ``total_steps`` (the run's last step still has a small positive rate), the common choice
+    for runs whose length is known in advance (for the protein demo a constant rate did better:
+    docs/DOMAINS.md). A pure function of the step, so a resumed run continues the same curve.
     """
     if schedule not in LR_SCHEDULES:
         raise ValueError(f"lr schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
