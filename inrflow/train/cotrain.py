@@ -144,22 +144,6 @@ class CoTrainer(Trainer):
         # ones and its own) with that domain's AdamW, and their EMA
         self._trained = {dom: model.trained_parameters(dom) for dom in self.runs}
         self._shard(model)
-        params = {clean_name(n): p for n, p in self.model.named_parameters() if p.requires_grad}
-        # Adam divides each step by the parameter's running gradient scale. Moments shared by
-        # the domains would divide the steps of one domain on the shared trunk by the other's
-        # scale: in the demo the digits gradients kept the shared moments 2-5x above the shapes
-        # run's own, and the shapes steps on the trunk were that much smaller. One AdamW per
-        # domain keeps every domain's steps as in its own run, for the price of one more set of
-        # moments of the shared parameters per domain.
-        self.optimizers = {
-            dom: build_optimizer(
-                [params[n] for n in names], cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay
-            )
-            for dom, names in self._trained.items()
-        }
-        for opt in self.optimizers.values():
-            init_state(opt)
-        self.optimizer = self.optimizers[self.schedule.domain_at(0)]
         # 6. restore
         torch.manual_seed(cfg.seed + 1_000_003 * d.rank)
         self.resumed_from: Path | None = None
@@ -240,6 +224,27 @@ class CoTrainer(Trainer):
         self.optimizer = self.optimizers[self.current]
         self.ema.restrict(self._trained[self.current])
         return super().train_step(batch)
+
+    def _build_optimizer(self) -> None:
+        """One AdamW per domain over the parameters its steps train.
+
+        Adam divides each step by the parameter's running gradient scale. Moments shared by the
+        domains would divide the steps of one domain on the shared trunk by the other's scale:
+        in the demo the digits gradients kept the shared moments 2-5x above the shapes run's
+        own, and the shapes steps on the trunk were that much smaller. One AdamW per domain
+        keeps every domain's steps as in its own run, for the price of one more pair of moments
+        of the shared parameters per domain."""
+        cfg = self.cfg
+        params = {clean_name(n): p for n, p in self.model.named_parameters() if p.requires_grad}
+        self.optimizers = {
+            dom: build_optimizer(
+                [params[n] for n in names], cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay
+            )
+            for dom, names in self._trained.items()
+        }
+        for opt in self.optimizers.values():
+            init_state(opt)
+        self.optimizer = self.optimizers[self.schedule.domain_at(0)]
 
     def optimizer_state(self) -> dict[str, Any]:
         return {

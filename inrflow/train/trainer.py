@@ -154,8 +154,7 @@ class Trainer:
             compile=cfg.compile,
         )
         self.model.train()
-        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
-        init_state(self.optimizer)
+        self._build_optimizer()
         self.ema = EMA(self.model, cfg.ema_decay)
         self.step = 0
         hint = "Lower --lr, check the data, or resume from an earlier checkpoint in "
@@ -163,6 +162,12 @@ class Trainer:
             cfg.max_nonfinite, hint + str(self.checkpoints.folder), warn=self.dist.is_main
         )
         self.bad_files = BadFiles()
+
+    def _build_optimizer(self) -> None:
+        """AdamW over the sharded parameters, its state created now (see ``init_state``)."""
+        cfg = self.cfg
+        self.optimizer = build_optimizer(self.model, cfg.lr, cfg.betas, cfg.eps, cfg.weight_decay)
+        init_state(self.optimizer)
 
     def optimizer_state(self) -> dict[str, Any]:
         """The optimizer's state as a checkpoint holds it (keyed by parameter name, sharded)."""
