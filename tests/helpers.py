@@ -111,10 +111,15 @@ def tiny_argv(out: Path, **overrides) -> list[str]:
     return argv
 
 
-def train(cfg: TrainConfig, dataset: CoordinateDataset | None = None) -> dict:
-    """Run ``cfg`` to the end in this process; its summary (with ``resumed_from``)."""
+def train(
+    cfg: TrainConfig,
+    dataset: CoordinateDataset | None = None,
+    trainer_class: type[Trainer] = Trainer,
+) -> dict:
+    """Run ``cfg`` to the end in this process with ``trainer_class`` (a co-training run:
+    :class:`~inrflow.train.cotrain.CoTrainer`); its summary (with ``resumed_from``)."""
     threads = torch.get_num_threads()
-    trainer = Trainer(cfg, dataset)
+    trainer = trainer_class(cfg, dataset)
     try:
         summary = trainer.train()
         summary["resumed_from"] = trainer.resumed_from

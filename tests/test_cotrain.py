@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed.checkpoint as dcp
-from helpers import REPO, copy_run, losses, script_env, tiny_argv
+from helpers import REPO, copy_run, losses, script_env, tiny_argv, train
 
 from inrflow.checkpoints import MANIFEST, list_checkpoints, load_ema_model, read_manifest
 from inrflow.data.schedule import DomainSchedule
@@ -45,15 +45,7 @@ def cotrain_argv(out: Path, **overrides) -> list[str]:
 
 
 def cotrain(argv: list[str], trainer_class: type[CoTrainer] = CoTrainer) -> dict:
-    threads = torch.get_num_threads()
-    trainer = trainer_class(parse_args(argv))
-    try:
-        summary = trainer.train()
-        summary["resumed_from"] = trainer.resumed_from
-        return summary
-    finally:
-        trainer.close()
-        torch.set_num_threads(threads)
+    return train(parse_args(argv), trainer_class=trainer_class)
 
 
 def model_state(ckpt: Path, key: str = "model") -> dict[str, torch.Tensor]:
@@ -247,3 +239,12 @@ def test_each_domain_s_adam_moments_follow_only_its_own_gradients(tmp_path) -> N
             # would put the shapes ratio near 1e6.
             if a.norm() > 1e-16:
                 assert 0.5 < float(b.norm() / a.norm()) / scale < 2.0, (dom, n)
+
+
+def test_the_final_samples_and_scores_of_every_domain(tmp_path) -> None:
+    summary = cotrain(cotrain_argv(tmp_path, final_samples=14, steps=3))
+    assert 0.0 <= summary["digits/classifier_accuracy"] <= 1.0
+    assert 0.0 <= summary["shapes/recognition"] <= 1.0
+    assert Path(summary["digits/samples"]).is_file()
+    assert Path(summary["shapes/picture"]).is_file()
+    assert not any(k.startswith(("classifier", "recognition")) for k in summary)  # all by domain

@@ -37,7 +37,7 @@ from inrflow.nvtx import nvtx_range
 from .checkpoint import CheckpointManager
 from .config import PRESETS, TrainConfig
 from .distributed import usable_cpus
-from .logging import MetricLogger, plot_loss
+from .logging import MetricLogger
 from .optim import build_optimizer, clean_name, init_state, lr_at
 from .progress import TimeBucketLoss
 from .run_folder import RunFolderError, open_run_folder
@@ -343,17 +343,13 @@ class CoTrainer(Trainer):
 
     def finish(self, logger: MetricLogger) -> dict[str, Any]:
         self.streams.clear()  # the data loaders' worker processes end before the final samples
+        return super().finish(logger)
+
+    def _final_scores(self) -> dict[str, Any]:
+        """Each domain's final samples and scores, keyed ``<domain>/<score>``."""
         result: dict[str, Any] = {}
-        if self.dist.is_main:
-            png = plot_loss(logger.csv_path, self.out / "loss.png")
-            if png is not None:
-                self.say(f"loss curve: {png}")
-                result["loss_plot"] = str(png)
-        if self.domain.samples_at_end(self.cfg):
-            runs = self._domain_runs(None)
-            for name, run in (runs or {}).items():
-                if self.runs[name].domain.samples_at_end(self.runs[name].options):
-                    for key, value in self.runs[name].domain.final(run).items():
-                        result[f"{name}/{key}"] = value
-        self.dist.barrier()
+        for name, run in (self._domain_runs(None) or {}).items():
+            if self.runs[name].domain.samples_at_end(self.runs[name].options):
+                for key, value in self.runs[name].domain.final(run).items():
+                    result[f"{name}/{key}"] = value
         return result

@@ -438,11 +438,14 @@ class Trainer:
                 self.say(f"loss curve: {png}")
                 result["loss_plot"] = str(png)
         if self.domain.samples_at_end(self.cfg):
-            run = self._sample_run(None)
-            if run is not None:
-                result.update(self.domain.final(run))
+            result.update(self._final_scores())
         self.dist.barrier()
         return result
+
+    def _final_scores(self) -> dict[str, Any]:
+        """The domain's final samples and scores (a collective: the EMA gather; rank 0 scores)."""
+        run = self._sample_run(None)
+        return {} if run is None else self.domain.final(run)
 
     def close(self) -> None:
         """Leave the process group and release the run folder (idempotent)."""
