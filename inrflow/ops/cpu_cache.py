@@ -49,8 +49,8 @@ def cpu_output_cache_stats() -> dict[str, int]:
 
 @contextmanager
 def cpu_output_cache(limit_bytes: int) -> Iterator[None]:
-    """Run a block with the cache bounded by ``limit_bytes`` (0: disabled), restoring the previous
-    bound (and with it the cache's contents up to that bound) after it."""
+    """Run a block with the cache bounded by ``limit_bytes`` (0: disabled), then restore the
+    previous bound (blocks evicted meanwhile are not brought back)."""
     previous = set_cpu_output_cache_limit(limit_bytes)
     try:
         yield
