@@ -1,0 +1,62 @@
+"""The glyph yardstick of ``benchmarks/resolution_reference.py``: renders that exist at every
+resolution, and a judge that can tell real high-resolution detail from interpolation."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("PIL.ImageFont")
+
+_PATH = Path(__file__).resolve().parents[1] / "benchmarks" / "resolution_reference.py"
+_spec = importlib.util.spec_from_file_location("resolution_reference", _PATH)
+ref = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ref)
+
+
+def test_glyphs_are_seeded_balanced_and_in_unit_range():
+    a, labels = ref.render_glyphs(20, seed=5)
+    b, _ = ref.render_glyphs(20, seed=5)
+    c, _ = ref.render_glyphs(20, seed=6)
+    assert a.shape == (20, ref.RENDER, ref.RENDER) and a.dtype == torch.float64
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert labels.tolist() == [i % 10 for i in range(20)]
+    assert a.min() >= 0 and a.max() <= 1
+    # every glyph has ink, and it stays on the canvas (the border is empty)
+    assert (a.flatten(1).mean(1) > 0.02).all()
+    border = torch.cat([a[:, :2].flatten(1), a[:, -2:].flatten(1)], 1)
+    assert border.max() < 0.05
+
+
+def test_area_is_the_block_mean():
+    x = torch.rand(3, 16, 16, dtype=torch.float64)
+    expected = x.reshape(3, 4, 4, 4, 4).mean((2, 4))
+    torch.testing.assert_close(ref.area(x, 4), expected)
+
+
+def test_the_judge_prefers_real_detail_to_upsampled_low_resolution():
+    judge = ref.Judge(16, train=600, refs=300)
+    assert judge.test_accuracy > 0.8
+    real, labels = ref.render_glyphs(300, seed=3)
+    high = judge.score(ref.area(real, 16), labels)
+    nearest = judge.score(ref.upsample(ref.area(real, 4), 16, "nearest"), labels)
+    assert high["FD"] < nearest["FD"] and high["accuracy"] > nearest["accuracy"]
+    # real renders hold detail above the base side; a smooth upsampling of the base does not
+    assert ref.speckle(ref.area(real, 16), 8) > 3 * ref.speckle(
+        ref.upsample(ref.area(real, 8), 16, "bicubic").clamp(0, 1), 8
+    )
+
+
+def test_write_train_makes_a_class_folder_per_digit(tmp_path):
+    ref.write_train(tmp_path, base=8, count=20)
+    folders = sorted(p.name for p in tmp_path.iterdir())
+    assert folders == [str(i) for i in range(10)]
+    from PIL import Image
+
+    first = np.asarray(Image.open(next((tmp_path / "3").iterdir())))
+    assert first.shape == (8, 8) and first.dtype == np.uint8 and first.max() > 0
