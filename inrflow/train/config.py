@@ -450,10 +450,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # at random, the flow only learned blobs) and the training times lean to the data end, where
     # the surface detail is decided. Scored at the end on 20 samples per class (docs/DOMAINS.md,
     # README); CFG 1.5 balances recognition (higher with more guidance) against 1-NNA (lower
-    # with less). 5000 steps: the late-time loss still falls at 3000, and seed 0's mean
-    # per-class 1-NNA went from 71.4% at 3000 steps to 66.4% at 5000. The matching (~0.19 s of
-    # CPU per batch) costs more than the model's step (~0.1 s), so two data-loading workers
-    # share it with the training thread on the two cores.
+    # with less). 5000 steps: the late-time loss still falls at 3000; mean per-class 1-NNA of
+    # seeds 0/1/2 went from 71.4/68.6/56.1% at 3000 steps to 66.4/63.6/59.3%. The matching
+    # (~0.19 s of CPU per batch) costs more than the model's step (~0.1 s), so two data-loading
+    # workers share it with the training thread on the two cores.
     "shapes": dict(
         data="shapes",
         size="tiny",
