@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -156,6 +157,21 @@ def copy_run(src: Path, dst: Path, keep_steps: list[int]) -> Path:
             shutil.copytree(path, dst / "checkpoints" / path.name)
     shutil.copy(src / "metrics.csv", dst / "metrics.csv")
     return dst
+
+
+class SigtermAtStep(DigitsDataset):
+    """The tiny run's digits, sending SIGTERM to this process while the batch of optimizer step
+    ``step`` (1-based) is being loaded: the run stops there as a preempted job would."""
+
+    def __init__(self, step: int, batch_size: int = TINY["batch_size"]) -> None:
+        super().__init__()
+        self._signal_at, self._calls = (step - 1) * batch_size + 1, 0
+
+    def load(self, index: int, rng) -> dict:
+        self._calls += 1
+        if self._calls == self._signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().load(index, rng)
 
 
 class Poisoned(DigitsDataset):

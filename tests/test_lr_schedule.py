@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import signal
 
 import pytest
-from helpers import losses, tiny_config, train
+from helpers import SigtermAtStep, losses, tiny_config, train
 
-from inrflow.data import DigitsDataset
 from inrflow.train import parse_args
 from inrflow.train.logging import read_metrics
 from inrflow.train.optim import lr_at
@@ -80,19 +78,8 @@ def test_the_trainer_steps_along_the_schedule_and_resumes_on_it(tmp_path) -> Non
     assert losses(constant)[:4] == losses(tmp_path / "whole")[:4]  # same until the decay
     assert losses(constant)[6:] != losses(tmp_path / "whole")[6:]  # the decay changes steps
 
-    class SignalAt(DigitsDataset):
-        """Sends SIGTERM to this process when the 6th batch (step 6) is being loaded."""
-
-        calls = 0
-
-        def load(self, index, rng):
-            SignalAt.calls += 1
-            if SignalAt.calls == 5 * 8 + 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().load(index, rng)
-
     split = tmp_path / "split"
-    summary = train(tiny_config(split, **cfg), dataset=SignalAt())
+    summary = train(tiny_config(split, **cfg), dataset=SigtermAtStep(6))
     assert summary["interrupted_by"] == signal.SIGTERM and summary["step"] == 6
     train(tiny_config(split, **cfg, resume=True))
     assert losses(split) == losses(tmp_path / "whole")  # bit for bit, on the same curve

@@ -21,6 +21,7 @@ from helpers import (
     REPO,
     TINY_MODEL,
     Poisoned,
+    SigtermAtStep,
     ckpt_steps,
     copy_run,
     losses,
@@ -32,7 +33,6 @@ from helpers import (
 from PIL import Image
 
 from inrflow.checkpoints import MANIFEST, CheckpointWarning
-from inrflow.data import DigitsDataset
 from inrflow.train import NonFiniteLossError, Trainer, parse_args
 from inrflow.train.trainer import NonFiniteWarning
 
@@ -277,18 +277,7 @@ def test_resume_continues_exactly(tmp_path, reference) -> None:
 
 
 def test_sigterm_checkpoints_and_the_resumed_run_matches(tmp_path, reference) -> None:
-    class SignalAt(DigitsDataset):
-        """Sends SIGTERM to this process when the 5th batch (step 5) is being loaded."""
-
-        calls = 0
-
-        def load(self, index, rng):
-            SignalAt.calls += 1
-            if SignalAt.calls == 4 * 8 + 1:
-                os.kill(os.getpid(), signal.SIGTERM)
-            return super().load(index, rng)
-
-    summary = train(tiny_config(tmp_path, steps=12), dataset=SignalAt())
+    summary = train(tiny_config(tmp_path, steps=12), dataset=SigtermAtStep(5))
     assert summary["interrupted_by"] == signal.SIGTERM
     assert summary["step"] == 5 and ckpt_steps(tmp_path) == [3, 5]
     train(tiny_config(tmp_path, steps=12, resume=True))
