@@ -36,6 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from inrflow.metrics.digits import upsample_digits
+
 RENDER = 128  # side of the rendering canvas; every side used is area-averaged from it
 
 
@@ -111,12 +113,6 @@ class Judge:
         return {"FD": fd, "accuracy": float((pred == labels.numpy()).mean())}
 
 
-def upsample(images: torch.Tensor, side: int, mode: str) -> torch.Tensor:
-    """``[N, h, w]`` -> ``[N, side, side]`` (pixel-centre aligned, as inrflow's grids are)."""
-    kw = {} if mode == "nearest" else {"align_corners": False}
-    return F.interpolate(images.unsqueeze(1), size=side, mode=mode, **kw)[:, 0]
-
-
 def speckle(images: torch.Tensor, base: int) -> float:
     """:func:`inrflow.metrics.images.upsampling_residual` of ``[N, H, W]`` images in [0, 1]:
     for real renders, the detail above ``base`` that a sampler should reproduce."""
@@ -151,7 +147,7 @@ def model_rows(args: argparse.Namespace, judge: Judge) -> dict[str, dict[str, fl
 
     rows = {}
     for mode in ("bicubic", "bilinear"):
-        up = upsample(unit(low), args.size, mode).clamp(0, 1)
+        up = upsample_digits(unit(low), args.size, mode)
         rows[f"{mode} of base samples"] = judge.score(up, labels)
     runs = [("native, join (default)", {})]
     runs += [(f"native, join at t = {j:g}", {"join_time": j}) for j in args.join_times]
@@ -186,7 +182,7 @@ def main() -> None:
     rows = {f"real {args.size}x{args.size}": judge.score(high, labels)}
     rows[f"real {args.size}x{args.size}"]["speckle"] = speckle(high, args.base)
     for mode in ("bicubic", "bilinear", "nearest"):
-        up = upsample(area(real, args.base), args.size, mode).clamp(0, 1)
+        up = upsample_digits(area(real, args.base), args.size, mode)
         rows[f"real {args.base}x{args.base}, {mode}"] = judge.score(up, labels)
     if args.ckpt:
         rows.update(model_rows(args, judge))

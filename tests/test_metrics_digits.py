@@ -74,6 +74,10 @@ def test_high_resolution_classifier_and_its_reference() -> None:
     up = upsample_digits(images, 16)
     assert up.shape == (1797, 16, 16) and up.min() >= 0.0 and up.max() <= 1.0
     torch.testing.assert_close(upsample_digits(images[:5], 8), torch.from_numpy(images[:5]))
+    nearest = torch.from_numpy(images[:5]).repeat_interleave(2, 1).repeat_interleave(2, 2)
+    torch.testing.assert_close(upsample_digits(images[:5], 16, "nearest"), nearest)
+    with pytest.raises(ValueError, match="mode"):
+        upsample_digits(images[:5], 16, "area")
     assert clf.accuracy(up, labels, (0, 1)) >= 0.97
     gen = torch.Generator().manual_seed(0)
     noise = torch.randn(400, 16, 16, generator=gen, dtype=torch.float64)

@@ -40,15 +40,17 @@ def test_area_is_the_block_mean():
 
 
 def test_the_judge_prefers_real_detail_to_upsampled_low_resolution():
+    from inrflow.metrics.digits import upsample_digits
+
     judge = ref.Judge(16, train=600, refs=300)
     assert judge.test_accuracy > 0.8
     real, labels = ref.render_glyphs(300, seed=3)
     high = judge.score(ref.area(real, 16), labels)
-    nearest = judge.score(ref.upsample(ref.area(real, 4), 16, "nearest"), labels)
+    nearest = judge.score(upsample_digits(ref.area(real, 4), 16, "nearest"), labels)
     assert high["FD"] < nearest["FD"] and high["accuracy"] > nearest["accuracy"]
     # real renders hold detail above the base side; a smooth upsampling of the base does not
     assert ref.speckle(ref.area(real, 16), 8) > 3 * ref.speckle(
-        ref.upsample(ref.area(real, 8), 16, "bicubic").clamp(0, 1), 8
+        upsample_digits(ref.area(real, 8), 16, "bicubic"), 8
     )
 
 

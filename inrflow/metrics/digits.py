@@ -56,14 +56,17 @@ DIGITS_SIZE = 8
 
 def upsample_digits(images: ArrayLike, size: int, mode: str = "bicubic") -> torch.Tensor:
     """``[N, h, w]`` images in [0, 1] -> float64 ``[N, size, size]`` by ``mode`` interpolation
-    (``bicubic`` or ``bilinear``, pixel-centre aligned as inrflow's grids are), clipped to
-    [0, 1]; ``area`` averaging when shrinking."""
+    (``bicubic`` or ``bilinear``, pixel-centre aligned as inrflow's grids are, or ``nearest``),
+    clipped to [0, 1]; ``area`` averaging when shrinking."""
+    if mode not in ("bicubic", "bilinear", "nearest"):
+        raise ValueError(f"mode must be bicubic, bilinear or nearest, got {mode!r}")
     x = torch.as_tensor(np.asarray(images, dtype=np.float64)).unsqueeze(1)
     if x.shape[-1] == size and x.shape[-2] == size:
         return x[:, 0].clone()
     if min(x.shape[-2:]) > size:
         return F.adaptive_avg_pool2d(x, size)[:, 0]
-    return F.interpolate(x, size=(size, size), mode=mode, align_corners=False).clamp(0, 1)[:, 0]
+    corners = {} if mode == "nearest" else {"align_corners": False}
+    return F.interpolate(x, size=(size, size), mode=mode, **corners).clamp(0, 1)[:, 0]
 
 
 def within_class_diversity(
