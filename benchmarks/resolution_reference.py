@@ -121,16 +121,17 @@ def speckle(images: torch.Tensor, base: int) -> float:
     return upsampling_residual(images.unsqueeze(1), (base, base), value_range=(0.0, 1.0))
 
 
-def write_train(folder: Path, base: int, count: int) -> None:
-    """A folder of ``count`` base-side PNGs, one subfolder per class, for ``train.py --data``."""
+def write_train(folder: Path, side: int, count: int) -> None:
+    """A folder of ``count`` PNGs at ``side``, one subfolder per class, for ``train.py --data``
+    (read at the base side, or above it with ``--field-resolution``)."""
     from PIL import Image
 
     images, labels = render_glyphs(count, seed=0)
-    for i, (im, label) in enumerate(zip(area(images, base), labels, strict=True)):
+    for i, (im, label) in enumerate(zip(area(images, side), labels, strict=True)):
         (folder / str(int(label))).mkdir(parents=True, exist_ok=True)
         pixels = (im.numpy() * 255).round().astype(np.uint8)
         Image.fromarray(pixels).save(folder / str(int(label)) / f"{i:05d}.png")
-    print(f"{count} glyphs at {base}x{base} in {folder}")
+    print(f"{count} glyphs at {side}x{side} in {folder}")
 
 
 def model_rows(args: argparse.Namespace, judge: Judge) -> dict[str, dict[str, float]]:
@@ -163,7 +164,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--base", type=int, default=16, help="training side")
     p.add_argument("--size", type=int, default=32, help="the higher side scored")
-    p.add_argument("--write-train", type=Path, help="write a training folder at --base and exit")
+    p.add_argument("--write-train", type=Path, help="write a training folder and exit")
+    p.add_argument(
+        "--write-side",
+        type=int,
+        help="side of --write-train's images (default: --base; larger for --field-resolution)",
+    )
     p.add_argument("--count", type=int, default=3000, help="glyphs in --write-train's folder")
     p.add_argument("--ckpt", help="a model trained at --base: add its rows")
     p.add_argument("--num", type=int, default=300, help="samples per model row")
@@ -173,7 +179,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.write_train:
-        write_train(args.write_train, args.base, args.count)
+        write_train(args.write_train, args.write_side or args.base, args.count)
         return
     judge = Judge(args.size)
     # fresh instances (not the judge's references): at the high side itself, then from the base

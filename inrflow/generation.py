@@ -39,6 +39,8 @@ from inrflow.sampling import (
 
 __all__ = [
     "COND_KEYS",
+    "FIELD_JOIN_TIME",
+    "default_join_time",
     "generate",
     "image_shape",
     "load_condition",
@@ -47,6 +49,20 @@ __all__ = [
 ]
 
 COND_KEYS = ("cond", "tokens", "condition")  # the array names load_condition looks for in .npz
+
+#: Where a finer grid joins the context by default for a model trained at continuous
+#: coordinates (``train.py --field-resolution``): early, so the decoder, which has learnt what
+#: lies between pixels, shapes the fine grid for most of the trajectory. A model trained at the
+#: pixel centres alone joins at the last step: its values between pixels were never
+#: supervised, and every earlier join measured worse (docs/RESOLUTION.md).
+FIELD_JOIN_TIME = 0.2
+
+
+def default_join_time(info: Mapping[str, Any]) -> float | None:
+    """The join time of ``resolution_mode="join"`` when none is given, from the dataset
+    description stored with a checkpoint: :data:`FIELD_JOIN_TIME` for data read with a
+    ``field_resolution`` (values at continuous coordinates), else None (the last step)."""
+    return FIELD_JOIN_TIME if info.get("field_resolution") else None
 
 
 def load_condition(path: str | Path, cond_dim: int) -> torch.Tensor:
@@ -140,7 +156,8 @@ def generate(
 
     Images at another resolution than the training one: ``resolution_mode="join"`` integrates
     the training-resolution context alone and lets the requested grid join it at
-    ``join_time`` (default: the last step), starting from the bilinearly interpolated context
+    ``join_time`` (default: :func:`default_join_time` -- the last step, or early for a model
+    trained at continuous coordinates), starting from the bilinearly interpolated context
     state; ``"noise"`` starts every requested pixel from its own noise (the paper's scheme).
 
     ``method``/``steps``/``time_shift``/``atol``/``rtol``: see :func:`inrflow.sampling.sample`;
@@ -155,6 +172,8 @@ def generate(
     cfg = model.config
     device = next(model.parameters()).device
     g = torch.Generator(device).manual_seed(seed)
+    if join_time is None:
+        join_time = default_join_time(info)
     train_shape = tuple(info.get("shape") or ())
     # a grid of coordinates (images), or points that are their own coordinates (point clouds)
     is_image = not cfg.coords_are_values

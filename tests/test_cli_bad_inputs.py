@@ -167,6 +167,14 @@ def test_train_bad_inputs(tmp_path, capsys) -> None:
         (tiny_argv(tmp_path / "r3", steps=0), "--steps must be >= 1"),
         (tiny_argv(tmp_path / "r4", data=str(tmp_path / "nope")), "no such file or directory"),
         ([*tiny_argv(tmp_path / "r5"), "--dist-timeout", "-1"], "--dist-timeout must be > 0"),
+        (
+            [*tiny_argv(tmp_path / "r6"), "--field-resolution", "0"],
+            "--field-resolution must be >= 1",
+        ),
+        (
+            [*tiny_argv(tmp_path / "r7"), "--field-resolution", "16"],  # digits: only 8x8
+            "--field-resolution needs images above the training resolution",
+        ),
     ]
     for argv, message in cases:
         code = train_main(argv)

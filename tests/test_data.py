@@ -23,6 +23,7 @@ from inrflow.data import (
 )
 from inrflow.data.demo import SHAPE_CLASSES
 from inrflow.data.digits import load_real_digits
+from inrflow.data.images import bilinear_at, continuous_coords
 from inrflow.domains import build_dataset
 from inrflow.model import grid_coords
 
@@ -176,6 +177,55 @@ def test_image_folder_greyscale_and_unconditional(tmp_path) -> None:
     ds = ImageFolderDataset(tmp_path, resolution=4, channels=1)
     assert ds.num_classes == 0 and len(ds) == 3
     assert ds[(2, 0)]["values"].shape == (16, 1)
+
+
+def test_continuous_coords_cover_every_cell_then_anywhere() -> None:
+    rng = np.random.default_rng(0)
+    c = continuous_coords(6, rng)
+    assert c.shape == (72, 2) and c.dtype == torch.float32
+    assert bool(((c >= 0) & (c <= 1)).all())
+    cells = (c[:36] * 6).floor().long()  # the first half: one point in each cell, row-major
+    want = torch.stack(torch.meshgrid(torch.arange(6), torch.arange(6), indexing="ij"), -1)
+    assert torch.equal(cells, want.reshape(-1, 2))
+    off = (c[:36] - grid_coords((6, 6))).abs()
+    assert float(off.max()) > 0.02  # jittered, not the pixel centres
+    assert not torch.equal(c, continuous_coords(6, np.random.default_rng(1)))
+
+
+def test_bilinear_at_matches_scipy_and_the_pixel_centres() -> None:
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.standard_normal((5, 7, 2)).astype(np.float32))
+    # at the pixel centres: the pixels themselves
+    at_centres = bilinear_at(image, grid_coords((5, 7)))
+    torch.testing.assert_close(at_centres, image.reshape(-1, 2))
+    # anywhere: scipy's order-1 spline on pixel indices (centre of pixel i at (i + 0.5) / n),
+    # the edge value beyond the outer centres
+    coords = torch.from_numpy(rng.uniform(0, 1, (50, 2)).astype(np.float32))
+    idx = (coords.double().numpy() * [5, 7] - 0.5).T
+    for ch in range(2):
+        want = map_coordinates(image[..., ch].double().numpy(), idx, order=1, mode="nearest")
+        got = bilinear_at(image, coords)[:, ch].double().numpy()
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_image_folder_field_resolution_reads_values_between_pixels(tmp_path) -> None:
+    write_images(tmp_path, size=(16, 16))
+    grid = ImageFolderDataset(tmp_path, resolution=4, hflip=False)
+    field = ImageFolderDataset(tmp_path, resolution=4, hflip=False, field_resolution=16)
+    assert field.shape == grid.shape == (4, 4)
+    item = field[(3, 7)]
+    assert item["values"].shape == (32, 3) and item["coords"].shape == (32, 2)
+    fine = ImageFolderDataset(tmp_path, resolution=16, hflip=False)[(3, 0)]["values"]
+    want = bilinear_at(fine.reshape(16, 16, 3), item["coords"])
+    torch.testing.assert_close(item["values"], want)
+    torch.testing.assert_close(field[(3, 7)]["values"], item["values"])  # a function of the seed
+    assert not torch.equal(field[(3, 8)]["coords"], item["coords"])
+    with pytest.raises(ValueError, match="at least the resolution"):
+        ImageFolderDataset(tmp_path, resolution=8, field_resolution=4)
+    with pytest.raises(ValueError, match="only at 8x8"):
+        build_dataset("digits", field_resolution=16)
 
 
 def test_corrupt_images_are_reported_with_their_path_and_skipped(tmp_path) -> None:

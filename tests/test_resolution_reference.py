@@ -55,7 +55,7 @@ def test_the_judge_prefers_real_detail_to_upsampled_low_resolution():
 
 
 def test_write_train_makes_a_class_folder_per_digit(tmp_path):
-    ref.write_train(tmp_path, base=8, count=20)
+    ref.write_train(tmp_path, side=8, count=20)
     folders = sorted(p.name for p in tmp_path.iterdir())
     assert folders == [str(i) for i in range(10)]
     from PIL import Image

@@ -11,7 +11,7 @@ from PIL import Image
 
 from inrflow.checkpoints import list_checkpoints, load_ema_model
 from inrflow.cli.sample import main
-from inrflow.generation import generate
+from inrflow.generation import FIELD_JOIN_TIME, default_join_time, generate
 
 
 @pytest.fixture(scope="module")
@@ -340,6 +340,24 @@ def test_any_resolution_joins_the_training_context_or_starts_from_noise(digits_r
         generate(
             model, meta["dataset"], 1, resolution=16, resolution_mode="bilinear", progress=False
         )
+
+
+def test_a_model_trained_between_pixels_joins_early_by_default(digits_run) -> None:
+    """Data read at continuous coordinates (``field_resolution`` in the stored description)
+    make the fine grid join at :data:`FIELD_JOIN_TIME`; pixel-centre data at the last step."""
+    model, meta, _ = load_ema_model(digits_run)
+    info = meta["dataset"]
+    field = {**info, "field_resolution": 32}
+    assert default_join_time(info) is None and default_join_time(field) == FIELD_JOIN_TIME
+    kw = dict(labels=torch.arange(4), steps=5, seed=1, resolution=16, progress=False)
+    early = generate(model, field, 4, **kw)
+    torch.testing.assert_close(early, generate(model, info, 4, join_time=FIELD_JOIN_TIME, **kw))
+    assert not torch.equal(early, generate(model, info, 4, **kw))
+    # an explicit join time wins over the stored default
+    torch.testing.assert_close(
+        generate(model, field, 4, join_time=0.9, **kw),
+        generate(model, info, 4, join_time=0.9, **kw),
+    )
 
 
 def test_evaluate_compares_native_sampling_with_upsampling(digits_run, tmp_path, capsys) -> None:

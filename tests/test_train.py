@@ -423,3 +423,29 @@ def test_corrupt_images_are_skipped_and_counted(tmp_path) -> None:
     with pytest.warns(UserWarning, match="9.png"):
         summary = train(cfg)
     assert summary["step"] == 3 and summary["skipped_files"] >= 1
+
+
+def test_a_run_at_continuous_coordinates_stores_it_for_sampling(tmp_path) -> None:
+    """``--field-resolution``: items of values between pixels train, the checkpoint's dataset
+    description records the field, and sampling above the training grid joins early."""
+    from inrflow.checkpoints import load_checkpoint_model, stored_dataset_info
+    from inrflow.generation import FIELD_JOIN_TIME, default_join_time, generate
+
+    data = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (data / cls).mkdir(parents=True)
+        for i in range(4):
+            pixels = rng.integers(0, 256, (16, 16), dtype=np.uint8)
+            Image.fromarray(pixels).save(data / cls / f"{i}.png")
+    cfg = tiny_config(
+        tmp_path / "run", data=str(data), resolution=4, field_resolution=16, steps=3, ckpt_every=0
+    )
+    summary = train(cfg)
+    assert summary["step"] == 3 and summary["interrupted_by"] is None
+    model, meta = load_checkpoint_model(tmp_path / "run", torch.device("cpu"))
+    info = stored_dataset_info(meta)
+    assert info["field_resolution"] == 16 and info["shape"] == [4, 4]
+    assert default_join_time(info) == FIELD_JOIN_TIME
+    x = generate(model, info, 2, labels=torch.arange(2), resolution=8, steps=3, progress=False)
+    assert x.shape == (2, 64, 1) and bool(torch.isfinite(x).all())

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from inrflow.checkpoints import load_checkpoint_model
+from inrflow.generation import FIELD_JOIN_TIME
 from inrflow.model import INRFlow
 from inrflow.sampling import DOPRI5_ATOL, DOPRI5_RTOL, METHODS, RESOLUTION_MODES
 
@@ -222,7 +223,8 @@ def add_solver_arguments(p: argparse._ActionsContainer) -> None:
         type=float,
         default=None,
         help="with --resolution-mode join: the time in [0, 1) at which the fine grid joins "
-        "(default: the last step)",
+        f"(default: the last step; {FIELD_JOIN_TIME} for a model trained with "
+        "--field-resolution)",
     )
 
 

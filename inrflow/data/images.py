@@ -8,13 +8,21 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from inrflow.model import grid_coords
 
 from .base import CoordinateDataset
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageFolderDataset", "center_crop_resize", "decode_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ImageFolderDataset",
+    "bilinear_at",
+    "center_crop_resize",
+    "continuous_coords",
+    "decode_image",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
 
@@ -60,13 +68,27 @@ class ImageFolderDataset(CoordinateDataset):
     converted to RGB (or greyscale with ``channels=1``), resized and centre-cropped to
     ``resolution``, optionally flipped horizontally (probability 1/2, from the item's seed) and
     mapped to [-1, 1]; coordinates are pixel centres in [0, 1]^2, row-major (channel 0 = row).
+
+    With ``field_resolution`` the image is read at that (larger) side instead and an item holds
+    values at continuous coordinates: one uniform point in each cell of the ``resolution`` grid
+    plus as many uniform points anywhere, each valued by bilinear interpolation between the
+    pixel centres of the larger image. A model trained at the pixel centres alone is never told
+    what lies between them, so sampled on a finer grid it returns an accidental interpolation;
+    trained on such items it learns the image as a function of position, which is what
+    sampling above the training resolution asks of it. ``shape`` stays the ``resolution``
+    grid: the density of an item and the grid the model samples at by default.
     """
 
     domain = "image"
     coord_dim = 2
 
     def __init__(
-        self, root: str | os.PathLike, resolution: int, hflip: bool = True, channels: int = 3
+        self,
+        root: str | os.PathLike,
+        resolution: int,
+        hflip: bool = True,
+        channels: int = 3,
+        field_resolution: int | None = None,
     ) -> None:
         root = Path(root)
         if not root.exists():
@@ -77,7 +99,13 @@ class ImageFolderDataset(CoordinateDataset):
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         if channels not in (1, 3):
             raise ValueError(f"channels must be 1 or 3, got {channels}")
+        if field_resolution is not None and field_resolution < resolution:
+            raise ValueError(
+                f"field_resolution ({field_resolution}) must be at least the resolution "
+                f"({resolution}): the values between pixel centres come from the larger image"
+            )
         self.root, self.resolution, self.hflip = root, resolution, hflip
+        self.field_resolution = field_resolution
         self.value_dim = channels
         self.shape = (resolution, resolution)
         classes = sorted(
@@ -112,19 +140,47 @@ class ImageFolderDataset(CoordinateDataset):
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         path, label = self.files[index]
+        side = self.field_resolution or self.resolution
         with Image.open(path) as img:
             img, full = decode_image(img, self.value_dim)
-            img = center_crop_resize(img, self.resolution)
-        arr = np.asarray(img, dtype=np.float32).reshape(self.resolution, self.resolution, -1)
+            img = center_crop_resize(img, side)
+        arr = np.asarray(img, dtype=np.float32).reshape(side, side, -1)
         if arr.shape[-1] != self.value_dim:  # a 16-bit grey image in an RGB dataset
             arr = np.repeat(arr, self.value_dim, axis=-1)
         if self.hflip and rng.random() < 0.5:
             arr = arr[:, ::-1]
-        if full == 255.0:  # the 8-bit path exactly as before
-            values = self._tensor(arr.reshape(-1, self.value_dim) / 127.5 - 1.0)
+        # the 8-bit path exactly as before; wider greys scaled by their full-scale value
+        arr = arr / 127.5 - 1.0 if full == 255.0 else np.clip(arr / full, 0, 1) * 2 - 1
+        if self.field_resolution is None:
+            values, coords = self._tensor(arr.reshape(-1, self.value_dim)), self._coords
         else:
-            values = self._tensor(np.clip(arr.reshape(-1, self.value_dim) / full, 0, 1) * 2 - 1)
-        return {"values": values, "coords": self._coords, "label": torch.tensor(label)}
+            coords = continuous_coords(self.resolution, rng)
+            values = bilinear_at(self._tensor(arr), coords)
+        return {"values": values, "coords": coords, "label": torch.tensor(label)}
+
+
+def continuous_coords(resolution: int, rng: np.random.Generator) -> torch.Tensor:
+    """``[2 resolution^2, 2]`` points in [0, 1]^2: one uniform in each cell of the
+    ``resolution`` grid (row-major, so the first half covers the image evenly), then as many
+    uniform anywhere (so no position is tied to a cell's layout)."""
+    cells = grid_coords((resolution, resolution)).numpy()
+    jittered = cells + rng.uniform(-0.5, 0.5, cells.shape) / resolution
+    anywhere = rng.uniform(0.0, 1.0, cells.shape)
+    return torch.from_numpy(np.concatenate([jittered, anywhere]).astype(np.float32))
+
+
+def bilinear_at(image: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """Values ``[N, c]`` of ``image`` ``[H, W, c]`` at ``coords`` ``[N, 2]`` in [0, 1]^2 (row,
+    column): bilinear between pixel centres, the edge pixels' values beyond the outer centres."""
+    grid = (coords.flip(-1) * 2 - 1).view(1, 1, -1, 2)  # grid_sample wants (x = column, y = row)
+    out = F.grid_sample(
+        image.permute(2, 0, 1).unsqueeze(0),
+        grid,
+        mode="bilinear",
+        padding_mode="border",
+        align_corners=False,
+    )
+    return out[0, :, 0].T.contiguous()
 
 
 def _is_image(p: Path) -> bool:

@@ -46,6 +46,7 @@ class DataOptions(Protocol):
     resolution: int | None
     num_points: int | None
     hflip: bool
+    field_resolution: int | None
     channels: int
     normalization: str
     max_residues: int | None

@@ -57,6 +57,11 @@ class ImageDomain(Domain):
 
     def build_dataset(self, spec: str, options: DataOptions, split: str) -> CoordinateDataset:
         if spec == DIGITS:
+            if options.field_resolution is not None:
+                raise ValueError(
+                    "--field-resolution needs images above the training resolution; the "
+                    "bundled digits exist only at 8x8"
+                )
             return DigitsDataset(options.resolution or 8)
         path = Path(spec).expanduser()
         if not path.is_dir():
@@ -65,8 +70,18 @@ class ImageDomain(Domain):
                 f".npy/.npz stack of point clouds (bundled datasets: {', '.join(BUNDLED)})"
             )
         return ImageFolderDataset(
-            path, options.resolution or 256, hflip=options.hflip, channels=options.channels
+            path,
+            options.resolution or 256,
+            hflip=options.hflip,
+            channels=options.channels,
+            field_resolution=options.field_resolution,
         )
+
+    def dataset_info(self, ds: CoordinateDataset) -> dict[str, Any]:
+        info = super().dataset_info(ds)
+        if getattr(ds, "field_resolution", None):  # trained between pixels: sampling joins early
+            info["field_resolution"] = ds.field_resolution
+        return info
 
     def periodic(self, run: SampleRun) -> Path | None:
         num = run.options.num_samples

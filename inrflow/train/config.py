@@ -67,6 +67,13 @@ class TrainConfig:
     num_points: int | None = _f(None, "points per point cloud (default 2048; shapes: 512)")
     channels: int = _f(3, "image channels: 3 (RGB) or 1 (greyscale); digits are greyscale")
     hflip: bool = _f(True, "random horizontal flips of images")
+    field_resolution: int | None = _f(
+        None,
+        "images: read each image at this side (>= --resolution) and train at random continuous "
+        "coordinates valued bilinearly from it, not at the pixel centres, so that the model "
+        "learns what lies between pixels (sampling above the training resolution: "
+        "docs/RESOLUTION.md); none = pixel centres",
+    )
     normalization: str = _f("shape_bbox", "point-cloud normalisation: shape_bbox|shape_unit|none")
     num_queries: int | None = _f(None, "pairs decoded per sample for the loss (CICFM); none = all")
     num_context: int | None = _f(None, "pairs the encoder sees per sample; none = all")
@@ -251,7 +258,14 @@ class TrainConfig:
             bad(f"--protein-frame must be principal or file, got {self.protein_frame!r}")
         if self.sample_method not in ("euler", "heun", "sde"):
             bad(f"--sample-method must be euler, heun or sde, got {self.sample_method!r}")
-        for name in ("num_queries", "num_context", "resolution", "num_points", "max_residues"):
+        for name in (
+            "num_queries",
+            "num_context",
+            "resolution",
+            "field_resolution",
+            "num_points",
+            "max_residues",
+        ):
             v = getattr(self, name)
             if v is not None and v < 1:
                 bad(f"{flag(name)} must be >= 1, got {v}")
@@ -301,7 +315,8 @@ class TrainConfig:
 
     def data_options(self) -> dict[str, Any]:
         """The data options, as :func:`inrflow.domains.build_dataset` takes them."""
-        names = ("resolution", "num_points", "hflip", "channels", "normalization")
+        names = ("resolution", "num_points", "hflip", "field_resolution", "channels")
+        names += ("normalization",)
         names += ("max_residues", "residue_embeddings", "protein_frame", "rotate")
         return {k: getattr(self, k) for k in names}
 
@@ -329,6 +344,7 @@ DOMAIN_FIELDS = (
     "num_points",
     "channels",
     "hflip",
+    "field_resolution",
     "normalization",
     "num_queries",
     "num_context",
