@@ -16,13 +16,22 @@ nearest neighbour. If bicubic upsampling of real base images already scores at
 the floor, no sampler can beat interpolation on this figure through detail, only through better
 base content. With ``--ckpt`` (a model trained at the base side on ``--write-train``'s folder)
 the rows of ``evaluate.py --compare-upsampling`` follow: its base samples upsampled, and native
-sampling at ``R`` (``join``, at ``--join-times`` too, and per-query ``noise``).
+sampling at ``R`` (``join``, at ``--join-times`` too, and per-query ``noise``); ``--picture``
+draws ten of each row.
 
     python benchmarks/resolution_reference.py --base 8 --size 16      # no model, ~1 min
+    # a model trained at the pixel centres of 8x8 glyphs
     python benchmarks/resolution_reference.py --base 8 --write-train runs/glyphs8
     python train.py --preset digits --data runs/glyphs8 --out runs/glyph_model --no-resume
     python benchmarks/resolution_reference.py --base 8 --size 16 --ckpt runs/glyph_model \\
         --join-times 0.9,0.7,0.5,0.3
+    # one trained at continuous coordinates of the 32x32 renders, 8x8 pairs an item
+    python benchmarks/resolution_reference.py --write-train runs/glyphs32 --write-side 32
+    python train.py --preset digits --data runs/glyphs32 --resolution 8 \\
+        --field-resolution 32 --num-context 64 --num-queries 64 --model max_log2=5 \\
+        --steps 6000 --out runs/glyph_field --no-resume
+    python benchmarks/resolution_reference.py --base 8 --size 32 --ckpt runs/glyph_field \\
+        --join-times 0.5,0.1 --picture glyphs32.png
 
 docs/RESOLUTION.md records the figures.
 """
@@ -134,8 +143,11 @@ def write_train(folder: Path, side: int, count: int) -> None:
     print(f"{count} glyphs at {side}x{side} in {folder}")
 
 
-def model_rows(args: argparse.Namespace, judge: Judge) -> dict[str, dict[str, float]]:
-    """``evaluate.py --compare-upsampling``'s rows for a checkpoint trained at ``--base``."""
+def model_rows(
+    args: argparse.Namespace, judge: Judge, shown: dict[str, torch.Tensor]
+) -> dict[str, dict[str, float]]:
+    """``evaluate.py --compare-upsampling``'s rows for a checkpoint trained at ``--base``;
+    each row's first ten images (one per digit) go to ``shown``."""
     from inrflow.checkpoints import load_checkpoint_model
     from inrflow.generation import sample_from_model
 
@@ -150,6 +162,7 @@ def model_rows(args: argparse.Namespace, judge: Judge) -> dict[str, dict[str, fl
     for mode in ("bicubic", "bilinear"):
         up = upsample_digits(unit(low), args.size, mode)
         rows[f"{mode} of base samples"] = judge.score(up, labels)
+        shown[f"{mode} of base samples"] = up[:10]
     runs = [("native, join (default)", {})]
     runs += [(f"native, join at t = {j:g}", {"join_time": j}) for j in args.join_times]
     runs += [("native, per-query noise", {"resolution_mode": "noise"})]
@@ -157,7 +170,19 @@ def model_rows(args: argparse.Namespace, judge: Judge) -> dict[str, dict[str, fl
         x, _ = sample_from_model(model, meta, args.num, resolution=(args.size,) * 2, **kw, **extra)
         rows[name] = judge.score(unit(x), labels)
         rows[name]["speckle"] = speckle(unit(x), args.base)
+        shown[name] = unit(x)[:10]
     return rows
+
+
+def save_picture(shown: dict[str, torch.Tensor], path: Path) -> None:
+    """One row of ten images (digits 0-9) per entry of ``shown``, in its order."""
+    from inrflow.data.io import save_image_grid
+
+    stack = torch.cat(list(shown.values())).float()  # [R*10, H, W] in [0, 1]
+    side = stack.shape[-1]
+    values = (stack * 2 - 1).reshape(len(stack), side * side, 1)
+    save_image_grid(values, (side, side), path, nrow=10, scale=max(1, 64 // side))
+    print(f"picture (rows: {', '.join(shown)}): {path}")
 
 
 def main() -> None:
@@ -176,6 +201,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=25)
     p.add_argument("--cfg-scale", type=float, default=1.5)
     p.add_argument("--join-times", type=lambda s: [float(t) for t in s.split(",")], default=[])
+    p.add_argument("--picture", type=Path, help="write the rows' first ten images as a PNG")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.write_train:
@@ -187,11 +213,12 @@ def main() -> None:
     high = area(real, args.size)
     rows = {f"real {args.size}x{args.size}": judge.score(high, labels)}
     rows[f"real {args.size}x{args.size}"]["speckle"] = speckle(high, args.base)
+    shown = {f"real {args.size}x{args.size}": high[:10]}
     for mode in ("bicubic", "bilinear", "nearest"):
         up = upsample_digits(area(real, args.base), args.size, mode)
         rows[f"real {args.base}x{args.base}, {mode}"] = judge.score(up, labels)
     if args.ckpt:
-        rows.update(model_rows(args, judge))
+        rows.update(model_rows(args, judge, shown))
     print(
         f"judge: MLP on real {args.size}x{args.size} renders, "
         f"held-out accuracy {judge.test_accuracy:.3f}"
@@ -200,6 +227,8 @@ def main() -> None:
     for name, row in rows.items():
         cells = "  ".join(f"{k} {v:8.3f}" for k, v in row.items())
         print(f"{name:<{width}}  {cells}", flush=True)
+    if args.picture:
+        save_picture(shown, args.picture)
 
 
 if __name__ == "__main__":

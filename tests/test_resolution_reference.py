@@ -62,3 +62,16 @@ def test_write_train_makes_a_class_folder_per_digit(tmp_path):
 
     first = np.asarray(Image.open(next((tmp_path / "3").iterdir())))
     assert first.shape == (8, 8) and first.dtype == np.uint8 and first.max() > 0
+
+
+def test_save_picture_writes_a_row_of_ten_per_entry(tmp_path):
+    from PIL import Image
+
+    shown = {"black": torch.zeros(10, 16, 16, dtype=torch.float64), "white": torch.ones(10, 16, 16)}
+    ref.save_picture(shown, tmp_path / "p.png")
+    img = np.asarray(Image.open(tmp_path / "p.png"))
+    # two rows of ten 16x16 tiles, 1-pixel gaps, upscaled 4x (to 64 pixels a tile)
+    assert img.shape == (4 * (2 * 17 + 1), 4 * (10 * 17 + 1))
+    tile = 4 * 16
+    assert (img[4 : 4 + tile, 4 : 4 + tile] == 0).all()  # first row: the black tiles
+    assert (img[4 * 18 : 4 * 18 + tile, 4 : 4 + tile] == 255).all()  # second row: white
