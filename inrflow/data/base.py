@@ -3,8 +3,9 @@
 A dataset item is a dict::
 
     values  [N, c] float32   image pixels in [-1, 1] / point xyz
-    coords  [N, d] float32   pixel centres in [0, 1]^2 (absent for point clouds, whose
-                             coordinates are their values)
+    coords  [N, d] float32   pixel centres in [0, 1]^2, or any positions there (images read
+                             with a ``field_resolution``); absent for point clouds, whose
+                             coordinates are their values
     label   int64            class index (0 when the dataset has no classes)
     skipped int64            unreadable files passed over to produce this item
     skipped_index list[int]  their indices (the trainer counts distinct files, not events)

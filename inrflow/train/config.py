@@ -72,7 +72,8 @@ class TrainConfig:
         "images: read each image at this side (>= --resolution) and train at random continuous "
         "coordinates valued bilinearly from it, not at the pixel centres, so that the model "
         "learns what lies between pixels (sampling above the training resolution: "
-        "docs/RESOLUTION.md); none = pixel centres",
+        "docs/RESOLUTION.md); an item then holds 2 x resolution^2 pairs (see --num-context, "
+        "--num-queries); none = pixel centres",
     )
     normalization: str = _f("shape_bbox", "point-cloud normalisation: shape_bbox|shape_unit|none")
     num_queries: int | None = _f(None, "pairs decoded per sample for the loss (CICFM); none = all")
