@@ -7,8 +7,9 @@ description stored with its checkpoint, never a path or parsed options.
 
 Images: the encoder keeps the training-resolution context while the decoder is queried on the
 requested grid. With ``resolution_mode="join"`` (the default) only the training-resolution
-context is integrated until late in the trajectory; there the fine grid joins it, each query
-starting from the context state interpolated to it. ``"noise"`` is the paper's scheme: every fine
+context is integrated until the fine grid joins it (:func:`default_join_time`: late, or early for
+a model trained at continuous coordinates), each query starting from the context state
+interpolated to it. ``"noise"`` is the paper's scheme: every fine
 query starts from noise of its own (the context is the nested sub-grid of the fine grid when each
 side is a multiple of the training side, so both share their noise; otherwise a separate
 trajectory). Point clouds: the first ``N_train`` of the requested points are the context.

@@ -3,9 +3,10 @@
 
 Images: the encoder keeps the training-resolution context while the decoder is queried on the
 requested grid (``--resolution N`` or ``H W``). By default (``--resolution-mode join``) only the
-training-resolution context is integrated until late in the trajectory; there the fine grid
-joins it, each query starting from the context state interpolated to it, and the decoder moves
-the queries to t = 1 (clean images at any size, fine-grid model calls only after the join).
+training-resolution context is integrated until the fine grid joins it (at the last step for a
+model trained at the pixel centres, at t = 0.2 for one trained with ``--field-resolution``), each
+query starting from the context state interpolated to it, and the decoder moves the queries to
+t = 1 (clean images at any size, fine-grid model calls only after the join).
 ``--resolution-mode noise`` is the paper's scheme: every fine query starts from noise of its own
 (the context is the nested sub-grid of the fine grid when each side is a multiple of the training
 side, so both share their noise; otherwise a separate trajectory). Point clouds:
