@@ -317,8 +317,7 @@ class TrainConfig:
     def data_options(self) -> dict[str, Any]:
         """The data options, as :func:`inrflow.domains.build_dataset` takes them."""
         names = ("resolution", "num_points", "hflip", "field_resolution", "channels")
-        names += ("normalization",)
-        names += ("max_residues", "residue_embeddings", "protein_frame", "rotate")
+        names += ("normalization", "max_residues", "residue_embeddings", "protein_frame", "rotate")
         return {k: getattr(self, k) for k in names}
 
     def param_dtype(self, device: Any) -> Any:
